@@ -1,0 +1,134 @@
+"""Options shared by the commands, and the one path from flags to a method's entry point."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pc3d.console import set_verbosity
+from pc3d.errors import ConfigError, InputError
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", "-p", help="Preset name (see the list above) or a YAML file.", metavar="NAME|FILE"),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a preset value, e.g. --set train.lr=1e-4 (repeatable).",
+                 metavar="KEY.PATH=VALUE"),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (run folders go below it).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides run.seed).")]
+DeviceOpt = Annotated[Device | None, typer.Option("--device", help="cpu, cuda, or auto (cuda when available).")]
+GpusOpt = Annotated[int | None, typer.Option("--gpus", min=0, help="Number of GPU worker processes (DDP).")]
+NprocOpt = Annotated[int | None, typer.Option("--nproc", min=1, help="CPU worker processes (gloo DDP).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with the result on stdout, nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")]
+
+
+def setup_output(json_out: bool, quiet: bool, verbose: bool) -> None:
+    set_verbosity(quiet=quiet or json_out, verbose=verbose and not json_out)
+
+
+def emit(result: dict[str, Any], json_out: bool, title: str = "") -> None:
+    """Show a command's result: one JSON object on stdout, or a table on stderr for people."""
+    if json_out:
+        sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.table import Table
+
+    from pc3d.console import console, is_quiet
+
+    if is_quiet():
+        return
+    table = Table(title=title or None, show_header=False)
+    for key, value in _flatten(result):
+        table.add_row(key, _fmt(value))
+    console.print(table)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, name + "."))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def preset_help(command: str) -> str:
+    from pc3d.config import PLANNED, available_presets
+
+    shipped = available_presets(command)
+    planned = [name for name, (cmd, _) in PLANNED.items() if cmd == command and name not in shipped]
+    parts = []
+    if shipped:
+        parts.append("Presets: " + ", ".join(shipped) + ".")
+    if planned:
+        parts.append("Not built yet: " + ", ".join(planned) + ".")
+    return " ".join(parts)
+
+
+def resolve_config(command: str, name: str, preset: str | None, sets: list[str] | None,
+                   flags: dict[str, Any], also_accept: tuple[str, ...] = ()) -> Any:
+    """Preset (by name or --preset) + --set overrides + CLI flags -> validated config.
+
+    `also_accept` lists other commands whose presets fit (detect runs a finetune preset's model)."""
+    from pc3d.config import apply_overrides, load_preset, validate_preset
+
+    source = preset or name
+    data = load_preset(source)
+    if data.get("command") not in (None, command, *also_accept):
+        raise ConfigError(f"preset '{source}' is a '{data.get('command')}' preset, not a '{command}' one")
+    data.setdefault("command", command)
+    data = apply_overrides(data, sets or [])
+    run = data.setdefault("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError(f"preset {source}: run: must be a section")
+    run.setdefault("name", Path(name).stem if name else Path(source).stem)
+    for key, value in flags.items():
+        if value is not None:
+            run[key] = value.value if isinstance(value, Enum) else value
+    return validate_preset(data, source)
+
+
+def dispatch(config: Any, preset_name: str, **request: Any) -> dict[str, Any]:
+    """Import the method's entry point only now (keeps `pc3d --help` fast) and run it."""
+    from pc3d.runs import RunRequest
+
+    module_name, _, func_name = type(config).entry.partition(":")
+    if not module_name:
+        raise InputError(f"method '{config.method}' has no entry point")
+    entry = getattr(importlib.import_module(module_name), func_name)
+    return entry(RunRequest(config=config, preset_name=preset_name, **request))

@@ -1,0 +1,126 @@
+"""`pc3d pseudolabel`, `pc3d segment`, `pc3d detect`: run a method on inputs and write outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pc3d.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    OutOpt,
+    PresetOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    VerboseOpt,
+    dispatch,
+    emit,
+    preset_help,
+    resolve_config,
+    setup_output,
+)
+from pc3d.errors import InputError
+
+CheckpointOpt = Annotated[str | None, typer.Option("--checkpoint", "-c", help="Weights: a file or hf://owner/repo[@rev][/file].",
+                                                   metavar="CKPT")]
+
+
+def _run(command: str, default_preset: str, preset, sets, out, seed, device, json_out, inputs: dict,
+         also_accept: tuple[str, ...] = ()) -> None:
+    flags = {"out": str(out) if out else None, "seed": seed, "device": device}
+    config = resolve_config(command, preset or default_preset, preset, sets, flags, also_accept)
+    result = dispatch(config, preset or default_preset, inputs=inputs, init_from=inputs.get("checkpoint"))
+    emit(result, json_out, title=command)
+
+
+def pseudolabel(
+    name: Annotated[str, typer.Argument(help="Pseudo-labelling preset.", metavar="PRESET")],
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (default: embedded synthetic LiDAR).")] = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    setup_output(json_out, quiet, verbose)
+    sets = list(set_ or [])
+    if data is not None:
+        sets += ["data.source=folder", f"data.root={data}"]
+    flags = {"out": str(out) if out else None, "seed": seed, "device": device}
+    config = resolve_config("pseudolabel", name, preset, sets, flags)
+    emit(dispatch(config, name), json_out, title=f"pseudolabel {name}")
+
+
+pseudolabel.__doc__ = f"""Zero-shot pseudo-labels for unlabelled scans (Affinity3D).
+
+{preset_help("pseudolabel")}
+
+Example:
+
+  pc3d pseudolabel affinity3d-kitti --data /data/SemanticKITTI/dataset
+"""
+
+
+def segment(
+    cloud: Annotated[Path, typer.Argument(help="Point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .bin .off .obj .stl).")],
+    parts: Annotated[str, typer.Option("--parts", help="Comma-separated part names, e.g. \"arm,seat,leg\".")],
+    category: Annotated[str | None, typer.Option("--category", help="Object category (default: from the file name).")] = None,
+    checkpoint: CheckpointOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    setup_output(json_out, quiet, verbose)
+    names = [p.strip() for p in parts.split(",") if p.strip()]
+    if not names:
+        raise InputError("--parts needs at least one part name, e.g. --parts \"arm,seat,leg\"")
+    inputs = {"cloud": cloud, "parts": names, "category": category, "checkpoint": checkpoint}
+    _run("segment", "partstad", preset, set_, out, seed, device, json_out, inputs)
+
+
+segment.__doc__ = f"""Text-prompted part segmentation of one object (PartSTAD).
+
+{preset_help("segment")}
+
+Example:
+
+  pc3d segment chair.ply --parts "arm,seat,leg"
+"""
+
+
+def detect(
+    cloud: Annotated[Path, typer.Argument(help="Scene point cloud (.ply .pcd .npy .npz .txt .bin).")],
+    checkpoint: CheckpointOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    setup_output(json_out, quiet, verbose)
+    inputs = {"cloud": cloud, "checkpoint": checkpoint}
+    _run("detect", "det-scannet", preset, set_, out, seed, device, json_out, inputs, also_accept=("finetune",))
+
+
+detect.__doc__ = f"""3D object detection in an indoor scene (Point-MoDE detector).
+
+{preset_help("detect")}
+
+Example:
+
+  pc3d detect scene0000_00.ply --checkpoint runs/det-scannet/latest/checkpoints/best.safetensors
+"""

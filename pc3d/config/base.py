@@ -1,0 +1,84 @@
+"""Sections shared by every preset: the run, the optimiser and schedule, the training loop, the data."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Command = Literal["pretrain", "finetune", "pseudolabel", "segment", "detect"]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, never silently ignored (a typo must not change an experiment)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class RunConfig(StrictModel):
+    """Where and how a run happens; most fields are also CLI flags."""
+
+    name: str = Field("", description="run name; defaults to the preset name")
+    out: str = Field("runs", description="parent folder of run folders: <out>/<name>/<time>/")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: int = Field(0, ge=0, description="CUDA worker processes (0 = one process on `device`)")
+    nproc: int = Field(1, ge=1, description="worker processes on CPU (gloo); for tests and debugging")
+    deterministic: bool = False
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear warm-up then cosine decay, stepped per iteration."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(10, ge=0)
+    warmup_start_lr: float = Field(1e-6, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    clip_grad: float | None = Field(None, gt=0, description="max global grad norm; null = no clipping")
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1, description="global batch size (split over workers)")
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    log_every: int = Field(10, ge=1, description="iterations between metrics.jsonl lines")
+    eval_every: int = Field(1, ge=0, description="epochs between validations (0 = never)")
+    save_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    keep_last: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    best_metric: str | None = Field(None, description="validation metric that selects checkpoints/best")
+    best_mode: Literal["max", "min"] = "max"
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (smoke runs)")
+
+
+class DataConfig(StrictModel):
+    """Where the data comes from: `synthetic` (embedded generator, the default) or a dataset folder."""
+
+    source: Literal["synthetic", "folder"] = "synthetic"
+    root: str | None = Field(None, description="dataset folder in its public layout (source=folder)")
+    num_points: int = Field(1024, ge=16)
+    synthetic_count: int = Field(64, ge=1, description="samples generated when source=synthetic")
+
+    @model_validator(mode="after")
+    def _root_when_folder(self) -> DataConfig:
+        if self.source == "folder" and not self.root:
+            raise ValueError("data.root is required when data.source is 'folder'")
+        return self
+
+
+class PresetBase(StrictModel):
+    """Every preset: which command runs it, which method, and the run section.
+
+    Subclasses fix `command`/`method` with Literal types and set `entry` to the
+    "module:function" that runs a validated preset (imported only when the command runs).
+    """
+
+    entry: ClassVar[str] = ""
+    command: Command
+    method: str
+    description: str = ""
+    run: RunConfig = Field(default_factory=RunConfig)

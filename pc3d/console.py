@@ -1,0 +1,73 @@
+"""Shared terminal output: one rich console on stderr, quiet/verbose switches, progress bars.
+
+stdout is reserved for results (`--json` prints exactly one JSON object there), so all
+human-facing chatter goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+
+T = TypeVar("T")
+
+console = Console(stderr=True, highlight=False)
+_state = {"quiet": False, "verbose": False}
+
+
+def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
+    _state["quiet"] = quiet
+    _state["verbose"] = verbose
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def info(message: str) -> None:
+    """A status line for people (stderr); silent under --quiet."""
+    if not _state["quiet"]:
+        console.print(message)
+
+
+def debug(message: str) -> None:
+    if _state["verbose"] and not _state["quiet"]:
+        console.print(f"[dim]{message}[/dim]")
+
+
+def progress_enabled() -> bool:
+    return not _state["quiet"] and sys.stderr.isatty()
+
+
+def track(iterable: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
+    """Iterate with a rich progress bar (ETA) when on a TTY and not quiet; plain iteration otherwise."""
+    if not progress_enabled():
+        yield from iterable
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in iterable:
+            yield item
+            bar.advance(task)

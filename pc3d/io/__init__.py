@@ -1,0 +1,1 @@
+"""Point clouds, labels, calibration and images: readers and writers validated at the edge."""
