@@ -10,9 +10,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: install demo test lint bench completions clean
 
 $(STAMP): pyproject.toml setup.py constraints-cpu.txt
-	@if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0; then \
-	  echo "installing Debian's libusb-1.0-0 (open3d needs it)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libusb-1.0-0; fi
+	@missing=""; \
+	ldconfig -p 2>/dev/null | grep -q libusb-1.0 || missing="$$missing libusb-1.0-0"; \
+	for tool in zsh fish; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing (open3d needs libusb; zsh/fish check the completions)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; fi
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"

@@ -108,7 +108,7 @@ def resolve_config(command: str, name: str, preset: str | None, sets: list[str] 
     from pc3d.config import apply_overrides, load_preset, validate_preset
 
     source = preset or name
-    data = load_preset(source)
+    data = load_preset(source, variant_of=name if preset else None)
     if data.get("command") not in (None, command, *also_accept):
         raise ConfigError(f"preset '{source}' is a '{data.get('command')}' preset, not a '{command}' one")
     data.setdefault("command", command)

@@ -38,7 +38,9 @@ def _run(command: str, default_preset: str, preset, sets, out, seed, device, jso
 
 def pseudolabel(
     name: Annotated[str, typer.Argument(help="Pseudo-labelling preset.", metavar="PRESET")],
-    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (default: embedded synthetic LiDAR).")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset folder (default: embedded synthetic LiDAR).")
+    ] = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
@@ -68,9 +70,13 @@ Example:
 
 
 def segment(
-    cloud: Annotated[Path, typer.Argument(help="Point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .bin .off .obj .stl).")],
+    cloud: Annotated[
+        Path, typer.Argument(help="Point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .bin .off .obj .stl).")
+    ],
     parts: Annotated[str, typer.Option("--parts", help="Comma-separated part names, e.g. \"arm,seat,leg\".")],
-    category: Annotated[str | None, typer.Option("--category", help="Object category (default: from the file name).")] = None,
+    category: Annotated[
+        str | None, typer.Option("--category", help="Object category (default: from the file name).")
+    ] = None,
     checkpoint: CheckpointOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,

@@ -24,7 +24,9 @@ from pc3d.cli.common import (
     setup_output,
 )
 
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the latest run of this name from its last checkpoint.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the latest run of this name from its last checkpoint.")
+]
 PushOpt = Annotated[str | None, typer.Option("--push-to-hub", help="Upload the final checkpoint to owner/repo.",
                                              metavar="OWNER/REPO")]
 FromOpt = Annotated[str | None, typer.Option("--from", help="Start from these weights: a file or hf://owner/repo[@rev][/file].",

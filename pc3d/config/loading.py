@@ -34,8 +34,16 @@ def available_presets(command: str | None = None) -> list[str]:
     return names
 
 
-def find_preset(name_or_file: str) -> Path:
-    """A shipped preset by name, or a YAML file by path."""
+def find_preset(name_or_file: str, variant_of: str | None = None) -> Path:
+    """A YAML file by path, or a shipped preset by name.
+
+    With `variant_of` (the command's positional name), `--preset quickstart` first looks for the
+    variant `<variant_of>-quickstart.yaml`, then for a preset called `quickstart`.
+    """
+    if variant_of and not Path(name_or_file).suffix:
+        variant = _preset_dir() / f"{variant_of}-{name_or_file}.yaml"
+        if variant.is_file():
+            return variant
     path = Path(name_or_file)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -76,15 +84,16 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_preset(name_or_file: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_preset(name_or_file: str, variant_of: str | None = None,
+                _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a preset as a plain dict, resolving `extends: other-preset` (deep merge, child wins)."""
-    path = find_preset(name_or_file)
+    path = find_preset(name_or_file, variant_of)
     data = _read_yaml(path)
     parent = data.pop("extends", None)
     if parent is not None:
         if parent in _seen:
             raise ConfigError(f"preset {path}: 'extends' forms a cycle through '{parent}'")
-        data = deep_merge(load_preset(str(parent), (*_seen, name_or_file)), data)
+        data = deep_merge(load_preset(str(parent), _seen=(*_seen, name_or_file)), data)
     return data
 
 
@@ -98,6 +107,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string; people mean a number
+            value = float(value)
+        except ValueError:
+            pass
     return key.split("."), value
 
 
