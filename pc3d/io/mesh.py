@@ -170,31 +170,37 @@ def triangle_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
 
 
-def sample_mesh(
-    vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0, with_normals: bool = True
-) -> PointCloud:
-    """`n` points uniform on the surface: faces drawn with probability proportional to area, then a
-    uniform point in the triangle from barycentrics (1 - sqrt(r1), sqrt(r1)(1 - r2), sqrt(r1) r2).
+def sample_surface_points(
+    vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`n` points uniform on the surface -> (points (n,3), unit face normals (n,3), face index (n,)).
 
-    Normals (optional) are the unit normals of the sampled faces."""
+    Faces are drawn with probability proportional to area, then a uniform point in the triangle from
+    barycentrics (1 - sqrt(r1), sqrt(r1)(1 - r2), sqrt(r1) r2). The face index lets callers carry
+    per-face labels (parts, instances) over to the points."""
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
     areas = triangle_areas(vertices, faces)
     total = areas.sum()
     if not np.isfinite(total) or total <= 0:
         raise ValueError("the mesh has zero surface area; nothing to sample")
-    rng = np.random.default_rng(seed)
     face_index = rng.choice(len(faces), size=n, p=areas / total)
     r1, r2 = rng.random(n), rng.random(n)
     root = np.sqrt(r1)
     weights = np.stack([1.0 - root, root * (1.0 - r2), root * r2], axis=1)
     corners = vertices[faces[face_index]]  # (n, 3 corners, 3 coords)
     points = np.einsum("nk,nkc->nc", weights, corners)
-    normals = None
-    if with_normals:
-        cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-        normals = cross / np.linalg.norm(cross, axis=1, keepdims=True)
-    return PointCloud(points, normals=normals)
+    cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals = cross / np.maximum(np.linalg.norm(cross, axis=1, keepdims=True), 1e-30)
+    return points, normals, face_index
+
+
+def sample_mesh(
+    vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0, with_normals: bool = True
+) -> PointCloud:
+    """`n` points uniform on the surface of a triangle mesh (see `sample_surface_points`), seeded."""
+    points, normals, _ = sample_surface_points(vertices, faces, n, np.random.default_rng(seed))
+    return PointCloud(points, normals=normals if with_normals else None)
 
 
 def read_mesh_as_cloud(path: str | os.PathLike, *, num_points: int = 8192, seed: int = 0) -> PointCloud:
