@@ -1,30 +1,22 @@
 """Which schema validates which `method`, and which methods are planned but not built.
 
-Schemas live in small modules imported lazily (`SCHEMA_MODULES`), so adding a method means
-adding one module here; nothing heavier than pydantic is imported.
+Each method's schema lives in its own module of `pc3d.config` and registers itself with
+`@register_schema`; the modules are discovered and imported on first use, so adding a method
+means adding one module. Nothing heavier than pydantic is imported.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from pc3d.config.base import PresetBase
 from pc3d.errors import NotBuiltError
 
 SCHEMAS: dict[str, type[PresetBase]] = {}
 
-# method name -> module that defines (and registers) its schema
-SCHEMA_MODULES: dict[str, str] = {}
-
 # preset/method names a command may be asked for before its issue lands -> (command, what is missing)
 PLANNED: dict[str, tuple[str, str]] = {
-    "point-mae": ("pretrain", "Point-MAE pretraining (issue 6)"),
-    "geomask3d": ("pretrain", "GeoMask3D pretraining (issue 6)"),
-    "cls-modelnet40": ("finetune", "object finetuning (issue 6)"),
-    "cls-scanobjectnn": ("finetune", "object finetuning (issue 6)"),
-    "fewshot-modelnet40": ("finetune", "few-shot classification (issue 6)"),
-    "partseg-shapenetpart": ("finetune", "part segmentation finetuning (issue 6)"),
-    "svm-modelnet40": ("finetune", "linear-SVM probe (issue 6)"),
     "point-mode": ("pretrain", "Point-MoDE block-to-scene pretraining (issue 7)"),
     "det-scannet": ("finetune", "Point-MoDE detection finetuning (issue 7)"),
     "det-sunrgbd": ("finetune", "Point-MoDE detection finetuning (issue 7)"),
@@ -47,12 +39,24 @@ def register_schema(cls: type[PresetBase]) -> type[PresetBase]:
     return cls
 
 
+_INFRASTRUCTURE = {"base", "loading", "registry"}
+
+
+def load_all_schemas() -> None:
+    """Import every schema module of pc3d.config (each registers its methods)."""
+    import pc3d.config as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in _INFRASTRUCTURE:
+            importlib.import_module(f"pc3d.config.{info.name}")
+
+
 def schema_for(method: str) -> type[PresetBase]:
-    if method not in SCHEMAS and method in SCHEMA_MODULES:
-        importlib.import_module(SCHEMA_MODULES[method])
+    if method not in SCHEMAS:
+        load_all_schemas()
     if method in SCHEMAS:
         return SCHEMAS[method]
     if method in PLANNED:
         raise NotBuiltError(f"method '{method}' is not built yet: {PLANNED[method][1]}")
-    known = sorted(set(SCHEMA_MODULES) | set(SCHEMAS))
+    known = sorted(SCHEMAS)
     raise KeyError(f"unknown method '{method}' (allowed: {', '.join(known) or 'none yet'})")
