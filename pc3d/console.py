@@ -27,6 +27,10 @@ def is_quiet() -> bool:
     return _state["quiet"]
 
 
+def is_verbose() -> bool:
+    return _state["verbose"]
+
+
 def info(message: str) -> None:
     """A status line for people (stderr); silent under --quiet."""
     if not _state["quiet"]:

@@ -24,7 +24,8 @@ class RunConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: int = Field(0, ge=0, description="CUDA worker processes (0 = one process on `device`)")
     nproc: int = Field(1, ge=1, description="worker processes on CPU (gloo); for tests and debugging")
-    deterministic: bool = False
+    deterministic: bool = Field(False, description="deterministic kernels (slower; CPU runs are already repeatable)")
+    tensorboard: bool = Field(True, description="also log to TensorBoard when the package is installed")
 
 
 class OptimConfig(StrictModel):
@@ -42,17 +43,23 @@ class OptimConfig(StrictModel):
 
 class TrainConfig(StrictModel):
     epochs: int = Field(300, ge=1)
-    batch_size: int = Field(32, ge=1, description="global batch size (split over workers)")
-    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    batch_size: int = Field(32, ge=1, description="samples per optimiser step over all workers; each worker "
+                            "takes batch_size / (workers x accumulate) per micro-batch")
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step (gradient accumulation)")
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     log_every: int = Field(10, ge=1, description="iterations between metrics.jsonl lines")
     eval_every: int = Field(1, ge=0, description="epochs between validations (0 = never)")
     save_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    save_every_steps: int | None = Field(None, ge=1, description="also checkpoint every N optimiser steps "
+                                         "(mid-epoch, so a killed run resumes where it was)")
     keep_last: int = Field(2, ge=1, description="how many recent checkpoints to keep")
-    best_metric: str | None = Field(None, description="validation metric that selects checkpoints/best")
+    best_metric: str | None = Field(None, description="metric that selects checkpoints/best: a validation "
+                                       "metric (e.g. acc for val/acc) or a training term (loss)")
     best_mode: Literal["max", "min"] = "max"
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (smoke runs)")
+    ema_momentum: float = Field(0.996, ge=0, le=1, description="EMA teacher momentum at the start")
+    ema_momentum_final: float = Field(1.0, ge=0, le=1, description="EMA teacher momentum at the end (cosine)")
 
 
 class DataConfig(StrictModel):

@@ -1,0 +1,46 @@
+"""Learning rate: linear warm-up then cosine decay, evaluated per optimiser step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from torch.optim import Optimizer
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """lr(step): `warmup_start_lr` -> `lr` linearly over `warmup_steps`, then cosine to `min_lr` at `total_steps`.
+
+    A pure function of the step, so resuming needs only the step number."""
+
+    lr: float
+    min_lr: float
+    warmup_start_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.warmup_start_lr + (self.lr - self.warmup_start_lr) * step / self.warmup_steps
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    @classmethod
+    def from_config(cls, optim, epochs: int, steps_per_epoch: int) -> WarmupCosine:
+        """Warm-up is given in epochs (possibly fractional) and counted in iterations."""
+        total = epochs * steps_per_epoch
+        warmup = min(int(round(optim.warmup_epochs * steps_per_epoch)), total)
+        return cls(lr=optim.lr, min_lr=optim.min_lr, warmup_start_lr=optim.warmup_start_lr,
+                   warmup_steps=warmup, total_steps=total)
+
+    def apply(self, optimizer: Optimizer, step: int) -> float:
+        """Set every group's lr for `step` (groups may carry an "lr_scale", e.g. layer-wise decay)."""
+        lr = self(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def state_dict(self) -> dict:
+        return asdict(self)
