@@ -40,6 +40,12 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")]
 
 
+def data_overrides(data: Path | None, category: str | None = None) -> list[str]:
+    """--data / --category are shorthands for the preset keys data.source, data.root and data.category."""
+    sets = ["data.source=folder", f"data.root={data}"] if data is not None else []
+    return sets + ([f"data.category={category}"] if category else [])
+
+
 def setup_output(json_out: bool, quiet: bool, verbose: bool) -> None:
     set_verbosity(quiet=quiet or json_out, verbose=verbose and not json_out)
 

@@ -16,6 +16,7 @@ from pc3d.cli.common import (
     SeedOpt,
     SetOpt,
     VerboseOpt,
+    data_overrides,
     dispatch,
     emit,
     preset_help,
@@ -24,15 +25,18 @@ from pc3d.cli.common import (
 )
 from pc3d.errors import InputError
 
-CheckpointOpt = Annotated[str | None, typer.Option("--checkpoint", "-c", help="Weights: a file or hf://owner/repo[@rev][/file].",
-                                                   metavar="CKPT")]
+CheckpointOpt = Annotated[
+    str | None,
+    typer.Option("--checkpoint", "-c", help="Weights: a file or hf://owner/repo[@rev][/file].", metavar="CKPT"),
+]
 
 
 def _run(command: str, default_preset: str, preset, sets, out, seed, device, json_out, inputs: dict,
          also_accept: tuple[str, ...] = ()) -> None:
     flags = {"out": str(out) if out else None, "seed": seed, "device": device}
-    config = resolve_config(command, preset or default_preset, preset, sets, flags, also_accept)
-    result = dispatch(config, preset or default_preset, inputs=inputs, init_from=inputs.get("checkpoint"))
+    # the command's own preset is the base name; --preset picks a variant of it (or a file)
+    config = resolve_config(command, default_preset, preset, sets, flags, also_accept)
+    result = dispatch(config, default_preset, inputs=inputs, init_from=inputs.get("checkpoint"))
     emit(result, json_out, title=command)
 
 
@@ -51,9 +55,7 @@ def pseudolabel(
     verbose: VerboseOpt = False,
 ) -> None:
     setup_output(json_out, quiet, verbose)
-    sets = list(set_ or [])
-    if data is not None:
-        sets += ["data.source=folder", f"data.root={data}"]
+    sets = [*data_overrides(data), *(set_ or [])]
     flags = {"out": str(out) if out else None, "seed": seed, "device": device}
     config = resolve_config("pseudolabel", name, preset, sets, flags)
     emit(dispatch(config, name), json_out, title=f"pseudolabel {name}")
@@ -77,7 +79,12 @@ def segment(
     category: Annotated[
         str | None, typer.Option("--category", help="Object category (default: from the file name).")
     ] = None,
-    checkpoint: CheckpointOpt = None,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", "--checkpoint", "-c", metavar="CKPT",
+                     help="Trained PartSTAD weight network (file or hf://...); without it: PartSLIP voting."),
+    ] = None,
+    instances: Annotated[bool, typer.Option("--instances", help="Also merge part instances (PartSLIP).")] = False,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
@@ -91,8 +98,9 @@ def segment(
     names = [p.strip() for p in parts.split(",") if p.strip()]
     if not names:
         raise InputError("--parts needs at least one part name, e.g. --parts \"arm,seat,leg\"")
-    inputs = {"cloud": cloud, "parts": names, "category": category, "checkpoint": checkpoint}
-    _run("segment", "partstad", preset, set_, out, seed, device, json_out, inputs)
+    sets = [*(set_ or []), *(["instances=true"] if instances else [])]
+    inputs = {"cloud": cloud, "parts": names, "category": category, "checkpoint": weights}
+    _run("segment", "partstad", preset, sets, out, seed, device, json_out, inputs)
 
 
 segment.__doc__ = f"""Text-prompted part segmentation of one object (PartSTAD).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,6 +18,7 @@ from pc3d.cli.common import (
     SeedOpt,
     SetOpt,
     VerboseOpt,
+    data_overrides,
     dispatch,
     emit,
     preset_help,
@@ -33,6 +35,12 @@ FromOpt = Annotated[str | None, typer.Option("--from", help="Start from these we
                                              metavar="CKPT")]
 
 
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Dataset folder in its public layout (default: embedded synthetic data).")
+]
+CategoryOpt = Annotated[str | None, typer.Option("--category", help="Object category, for per-category tasks.")]
+
+
 def _train(command: str, name: str, preset: str | None, sets: list[str] | None, out, seed, device, gpus, nproc,
            resume: bool, init_from: str | None, push: str | None, json_out: bool) -> None:
     flags = {"out": str(out) if out else None, "seed": seed, "device": device, "gpus": gpus, "nproc": nproc}
@@ -43,6 +51,7 @@ def _train(command: str, name: str, preset: str | None, sets: list[str] | None, 
 
 def pretrain(
     method: Annotated[str, typer.Argument(help="Method preset to pretrain.", metavar="METHOD")],
+    data: DataOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
@@ -58,8 +67,8 @@ def pretrain(
     verbose: VerboseOpt = False,
 ) -> None:
     setup_output(json_out, quiet, verbose)
-    _train("pretrain", method, preset, set_, out, seed, device, gpus, nproc, resume, init_from, push_to_hub,
-           json_out)
+    sets = [*data_overrides(data), *(set_ or [])]
+    _train("pretrain", method, preset, sets, out, seed, device, gpus, nproc, resume, init_from, push_to_hub, json_out)
 
 
 pretrain.__doc__ = f"""Self-supervised pretraining of a backbone.
@@ -79,6 +88,8 @@ Examples:
 def finetune(
     task: Annotated[str, typer.Argument(help="Task preset (dataset x task).", metavar="TASK")],
     init_from: FromOpt = None,
+    data: DataOpt = None,
+    category: CategoryOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
@@ -93,8 +104,8 @@ def finetune(
     verbose: VerboseOpt = False,
 ) -> None:
     setup_output(json_out, quiet, verbose)
-    _train("finetune", task, preset, set_, out, seed, device, gpus, nproc, resume, init_from, push_to_hub,
-           json_out)
+    sets = [*data_overrides(data, category), *(set_ or [])]
+    _train("finetune", task, preset, sets, out, seed, device, gpus, nproc, resume, init_from, push_to_hub, json_out)
 
 
 finetune.__doc__ = f"""Finetune or probe a pretrained backbone on a downstream task, then evaluate it.
