@@ -8,6 +8,10 @@ from dataclasses import dataclass
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never touch the network
+# pytest-xdist runs one worker per core: more than one OpenMP thread per worker oversubscribes the
+# CPU and makes the many small tensor ops of these tests 10-100x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @dataclass

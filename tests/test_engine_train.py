@@ -55,6 +55,17 @@ def test_loss_falls_and_run_folder_is_complete(tmp_path):
     assert best["value"] == pytest.approx(min(r["val/mse"] for r in epochs))
 
 
+def test_best_checkpoint_only_judges_validated_epochs(tmp_path):
+    """With validation every 2nd epoch, best_metric waits for it and ignores stale values in between."""
+    config = engine_toy.preset(tmp_path, train={"epochs": 5, "eval_every": 2, "best_metric": "mse",
+                                                "best_mode": "min"})
+    result = _fit(config)
+    best = read_checkpoint(result["checkpoints"]["best"]).meta["best"]
+    assert best["epoch"] in (2, 4, 5)  # epochs after which validation ran (the last one always validates)
+    validated = [r for r in _records(result) if r.get("split") == "epoch" and "val/mse" in r]
+    assert best["value"] == pytest.approx(min(r["val/mse"] for r in validated))
+
+
 def test_accumulation_matches_one_big_batch(tmp_path):
     big = _fit(engine_toy.preset(tmp_path, "big", train={"epochs": 2}))
     accumulated = _fit(engine_toy.preset(tmp_path, "acc", train={"epochs": 2, "accumulate": 2}))

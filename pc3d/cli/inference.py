@@ -116,6 +116,9 @@ Example:
 def detect(
     cloud: Annotated[Path, typer.Argument(help="Scene point cloud (.ply .pcd .npy .npz .txt .bin).")],
     checkpoint: CheckpointOpt = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", min=0.0, max=1.0, help="Keep boxes scoring at least this.")
+    ] = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
@@ -126,8 +129,9 @@ def detect(
     verbose: VerboseOpt = False,
 ) -> None:
     setup_output(json_out, quiet, verbose)
+    sets = [*(set_ or []), *([f"detect.threshold={threshold}"] if threshold is not None else [])]
     inputs = {"cloud": cloud, "checkpoint": checkpoint}
-    _run("detect", "det-scannet", preset, set_, out, seed, device, json_out, inputs, also_accept=("finetune",))
+    _run("detect", "det-scannet", preset, sets, out, seed, device, json_out, inputs, also_accept=("finetune",))
 
 
 detect.__doc__ = f"""3D object detection in an indoor scene (Point-MoDE detector).

@@ -522,12 +522,18 @@ class _Trainer:
         gathered = gather_objects(outputs, self.ctx)
         return self.method.validation_epoch_end([o for part in gathered for o in part])
 
-    def _track_best(self, metrics: dict[str, float]) -> bool:
+    def _track_best(self, metrics: dict[str, float], validated_now: bool) -> bool:
+        """Is this epoch the best so far? With a validation set, only validated epochs are judged, and
+        `best_metric: mse` means `val/mse` when validation reports it (else the training term)."""
         name = self.train_cfg.best_metric
         if name is None:
             return False
-        if f"val/{name}" in metrics:  # validation first: "mse" means val/mse when both exist
-            name = f"val/{name}"
+        validates = self.val_set is not None and has_validation(self.method) and bool(self.train_cfg.eval_every)
+        if validates:
+            if not validated_now:
+                return False
+            if f"val/{name}" in metrics:
+                name = f"val/{name}"
         if name not in metrics:
             raise InputError(f"train.best_metric '{name}' is not a metric of this method "
                              f"(have: {', '.join(sorted(metrics)) or 'none'})")
@@ -552,12 +558,14 @@ class _Trainer:
                         self.epoch += 1
                         self.batches_done = 0
                     finished = self.epoch >= train.epochs or not completed
+                    validated = False
                     if train.eval_every and (finished or self.epoch % train.eval_every == 0):
                         val = self._validate()
+                        validated = bool(val)
                         self.last_metrics = {**self.last_metrics, **{f"val/{k}": float(v) for k, v in val.items()}}
                     self._log({"step": self.step, "epoch": self.epoch - 1 if completed else self.epoch,
                                "split": "epoch", **self.last_metrics})
-                    if self._track_best(self.last_metrics):
+                    if self._track_best(self.last_metrics, validated):
                         self._save("best")
                     if not finished and self.epoch % train.save_every == 0:
                         self._save("rolling")
