@@ -38,11 +38,16 @@ def test_knn_brute_force_path(m, n, k):
 
 
 @pytest.mark.parametrize("k", [1, 8, 33])
-def test_knn_grid_path_with_fallbacks(k):
+def test_knn_tree_path_matches_brute_force(k):
+    """Large inputs take the k-d tree path; its distances must equal an exhaustive search's."""
     ref = clustered_cloud(3000, seed=k)
     query = torch.cat([ref[::6], torch.tensor([[50.0, 50, 50], [0.5, -0.5, 3.0]], dtype=torch.float64)])
-    assert len(query) * len(ref) >= 1 << 20  # large enough for the grid path
-    check_against_kdtree(query, ref, k)
+    assert len(query) * len(ref) >= 1 << 18  # large enough for the tree path
+    dist, idx = knn(query, ref, k)
+    full = torch.cdist(query, ref, compute_mode="donot_use_mm_for_euclid_dist")
+    expect = full.topk(k, dim=1, largest=False, sorted=True).values
+    torch.testing.assert_close(dist, expect, rtol=0, atol=1e-12)
+    torch.testing.assert_close(full.gather(1, idx), dist, rtol=0, atol=1e-12)
 
 
 def test_knn_batched_and_float32_gradients():
