@@ -1,0 +1,113 @@
+"""PointINS overhead: the offset branch + ODR + SCR per training step, as a share of the base SSL step.
+
+Both steps run in this process on the same batches (same views, same seeds): the Sonata/DOS step alone,
+and the PointINS step (offset heads, teacher offsets, ODR, SCR, offset losses) with the offset loss on.
+Prints median times and the ratio; the target is <= 10 % extra (the paper reports +25 % on GPU).
+Also times ODR and SCR alone on the teacher's head-level points.
+
+    python bench/pointins.py                      # tiny model, CPU
+    python bench/pointins.py --device cuda --size default --points 60000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+SIZES = {
+    "tiny": {"depths": [1, 1, 1], "channels": [16, 32, 64], "heads": [2, 2, 4], "patch_size": 128},
+    "small": {"depths": [1, 1, 2, 1], "channels": [32, 64, 128, 256], "heads": [2, 4, 8, 16], "patch_size": 256},
+    "default": {"depths": [2, 2, 2, 6, 2], "channels": [32, 64, 128, 256, 512], "heads": [2, 4, 8, 16, 32],
+                "patch_size": 1024},
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_steps(method, batches, device, steps: int) -> list[float]:
+    from pc3d.engine.method import StepState, total_loss
+
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    for i in range(steps):
+        batch = batches[i % len(batches)]
+        torch.manual_seed(i)
+        sync(device)
+        tic = time.perf_counter()
+        terms = method.training_step(batch, StepState(i, 0, 100, 0.5, 1e-4))  # progress 0.5: offset loss on
+        total_loss(terms).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        times.append(time.perf_counter() - tic)
+    return times[1:] if len(times) > 1 else times  # the first step pays one-off set-up
+
+
+def main() -> None:
+    from pc3d.config.pointins import PointINSPreset, SonataPreset
+    from pc3d.engine.data import to_device
+    from pc3d.methods.pointins import PointINS, offset_distribution_regularization, spatial_clustering_regularization
+    from pc3d.methods.sonata import Sonata, build_sets, collate_views, views_point
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--points", type=int, default=4000, help="points per synthetic scene")
+    parser.add_argument("--grid", type=float, default=0.1)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    levels = 2
+    common = {"model": {**SIZES[args.size], "grid_size": args.grid, "drop_path": 0.0},
+              "head": {"hidden": 256, "bottleneck": 64, "prototypes": 256, "up_cast_levels": levels},
+              "data": {"num_points": args.points, "synthetic_count": args.batch * 2, "local_views": 2}}
+    sonata_cfg = SonataPreset.model_validate(common)
+    pointins_cfg = PointINSPreset.model_validate({**common, "offset": {"knn": 32, "min_points": 10}})
+    torch.manual_seed(0)
+    views, _ = build_sets(sonata_cfg)
+    batches = [to_device(collate_views([views[2 * i + j] for j in range(args.batch)]), device) for i in range(2)]
+    torch.manual_seed(0)
+    base = Sonata(sonata_cfg).to(device)
+    torch.manual_seed(0)
+    full = PointINS(pointins_cfg).to(device)
+    base_times = timed_steps(base, batches, device, args.steps)
+    full_times = timed_steps(full, batches, device, args.steps)
+    b, f = statistics.median(base_times), statistics.median(full_times)
+
+    # ODR and SCR alone on the teacher's head-level points of one batch
+    with torch.no_grad():
+        head = full.teacher.encode(views_point(batches[0], "global"))
+        offsets = full.teacher.offset_head(head.feat)
+    cfg = pointins_cfg.offset
+    sync(device)
+    tic = time.perf_counter()
+    for v in torch.unique(head.batch).tolist():
+        sel = head.batch == v
+        offset_distribution_regularization(offsets[sel], *full.prior)
+        sync(device)
+    odr = time.perf_counter() - tic
+    tic = time.perf_counter()
+    for v in torch.unique(head.batch).tolist():
+        sel = head.batch == v
+        spatial_clustering_regularization(head.extras["origin"][sel], offsets[sel], head.feat[sel],
+                                          cfg.kmeans_k, cfg.kmeans_iters, cfg.knn, cfg.radius, cfg.min_points)
+        sync(device)
+    scr = time.perf_counter() - tic
+    print(f"device {device}, size {args.size}, {args.batch} scenes x {args.points} points, "
+          f"{head.feat.shape[0]} head-level points in the global views")
+    print(f"base SSL step      {b * 1000:8.1f} ms (median of {len(base_times)})")
+    print(f"PointINS step      {f * 1000:8.1f} ms")
+    print(f"overhead           {100 * (f - b) / b:8.1f} %  (target <= 10 %)")
+    print(f"  ODR alone        {odr * 1000:8.1f} ms = {100 * odr / b:.1f} % of the base step")
+    print(f"  SCR alone        {scr * 1000:8.1f} ms = {100 * scr / b:.1f} % of the base step")
+
+
+if __name__ == "__main__":
+    main()

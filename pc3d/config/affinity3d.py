@@ -1,0 +1,132 @@
+"""Preset schemas of Affinity3D (issue 9): zero-shot LiDAR pseudo-labels and SPVCNN zero-shot segmentation."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from pc3d.config.base import DataConfig, OptimConfig, PresetBase, StrictModel, TrainConfig
+from pc3d.config.registry import register_schema
+
+KITTI_TRAIN = ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"]
+
+
+class KittiDataConfig(DataConfig):
+    """SemanticKITTI folder (`--data ROOT`), or synthetic LiDAR frames generated into the run folder."""
+
+    setting: Literal["gzs", "annotation-free"] = Field(
+        "gzs", description="gzs: seen-class labels available (unseen -> ignore); annotation-free: no labels")
+    sequences: list[str] = Field(default_factory=lambda: list(KITTI_TRAIN), description="sequences to use")
+    val_sequences: list[str] = Field(default_factory=lambda: ["08"], description="evaluation sequences")
+    max_frames: int | None = Field(None, ge=1, description="use only the first N frames (smoke runs)")
+    synthetic_count: int = Field(20, ge=1, description="synthetic frames (10 per sequence) when source=synthetic")
+    synthetic_rays: int = Field(64 * 1800, ge=64, description="LiDAR rays per synthetic scan")
+    synthetic_image: tuple[int, int] = Field((375, 1242), description="synthetic camera image (height, width)")
+
+
+class SuperpointConfig(StrictModel):
+    method: Literal["auto", "dbscan", "bpss"] = Field(
+        "auto", description="auto: DBSCAN on non-seen points (gzs), BPSS supervoxels (annotation-free)")
+    eps: float = Field(0.5, gt=0, description="DBSCAN radius (m)")
+    min_samples: int = Field(10, ge=1, description="DBSCAN core-point neighbours (self included)")
+    resolution: float = Field(1.0, gt=0, description="BPSS resolution R (m): target count and distance scale")
+    k: int = Field(15, ge=2, description="BPSS neighbours for normals and adjacency")
+
+
+class FeatureConfig(StrictModel):
+    source: Literal["clip", "oracle"] = Field(
+        "clip", description="clip: CLIP crop features; oracle: ground-truth class embeddings of what each crop sees")
+    model: str = Field("hf://openai/clip-vit-base-patch32", description="CLIP folder or hf://owner/repo[@rev]")
+    build_tiny_random: bool = Field(False, description="save a tiny random-weight CLIP as `model` into the HF "
+                                                      "cache first (offline tests; labels are meaningless)")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    logit_scale: float | None = Field(None, gt=0, description="s_t of softmax(s_t F EMB^T); null = CLIP's own")
+    candidates: Literal["auto", "unseen", "all"] = Field(
+        "auto", description="classes a superpoint may take: auto = unseen (gzs) or all (annotation-free)")
+    min_crop: int = Field(30, ge=1, description="crops are enlarged to at least this many pixels per side")
+    batch_size: int = Field(64, ge=1, description="crops per CLIP forward pass")
+    oracle_radius: int = Field(2, ge=0, description="oracle: splat radius (px) of the rendered label image")
+
+
+class AffinityConfig(StrictModel):
+    enabled: bool = True
+    scale: float = Field(100.0, gt=0, description="s_a of W = row-softmax(s_a F F^T)")
+    beta: float = Field(2.0, gt=0, description="element-wise power of W")
+    queue: int = Field(16, ge=0, description="recent frames whose superpoints join the graph")
+
+
+class VisibilityConfig(StrictModel):
+    enabled: bool = True
+    threshold: float = Field(0.5, gt=0, description="visible iff depth - min depth of its superpixel < this (m)")
+    n_segments: int = Field(1000, ge=1, description="SLIC superpixels per image")
+    compactness: float = Field(10.0, gt=0)
+
+
+@register_schema
+class Affinity3DPseudoLabelPreset(PresetBase):
+    entry: ClassVar[str] = "pc3d.methods.affinity3d:run"
+    command: Literal["pseudolabel"] = "pseudolabel"
+    method: Literal["affinity3d"] = "affinity3d"
+    data: KittiDataConfig = Field(default_factory=KittiDataConfig)
+    labeler: Literal["superpoint", "dense"] = Field(
+        "superpoint", description="superpoint: Affinity3D; dense: MaskCLIP-style per-pixel labels (baseline)")
+    superpoints: SuperpointConfig = Field(default_factory=SuperpointConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)
+    visibility: VisibilityConfig = Field(default_factory=VisibilityConfig)
+    confidence: float = Field(0.0, ge=0, lt=1, description="keep a pseudo label only if max refined score > this")
+    resume: bool = Field(True, description="skip frames whose label and visibility files exist")
+
+
+class SPVCNNConfig(StrictModel):
+    """SPVCNN widths (2DPASS: cs = [32, 32, 64, 128, 256, 256, 128, 96, 96])."""
+
+    channels: list[int] = Field(default_factory=lambda: [32, 32, 64, 128, 256, 256, 128, 96, 96])
+    voxel_size: float = Field(0.05, gt=0)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    text_classifier: bool = Field(True, description="logits = scale * normalised features . EMB (CLIP text)")
+
+    @model_validator(mode="after")
+    def _nine(self) -> SPVCNNConfig:
+        if len(self.channels) != 9:
+            raise ValueError(f"model.channels needs 9 widths, got {len(self.channels)}")
+        return self
+
+
+class Image2DConfig(StrictModel):
+    """The 2D branch (training only): ResNet-34-style FCN and the MSFSKD fusion."""
+
+    enabled: bool = True
+    widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512])
+    blocks: list[int] = Field(default_factory=lambda: [3, 4, 6, 3])
+    hidden: int = Field(64, ge=4, description="per-scale fusion width")
+    crop: tuple[int, int] | None = Field((320, 480), description="random bottom crop (H, W) in training; null = "
+                                                                "the whole image")
+    lambda_seg2d: float = Field(1.0, ge=0)
+    lambda_xm: float = Field(0.05, ge=0)
+
+
+class SegDataConfig(KittiDataConfig):
+    pseudo_labels: str | None = Field(None, description="folder written by `pc3d pseudolabel` (sequences/XX/...); "
+                                                        "null on synthetic data: run `pseudo_preset` first")
+    pseudo_preset: str = Field("affinity3d-oracle", description="pseudolabel preset used when pseudo_labels is null")
+    augment: bool = True
+
+
+@register_schema
+class Affinity3DSegPreset(PresetBase):
+    entry: ClassVar[str] = "pc3d.methods.zeroshot_seg:run"
+    command: Literal["finetune"] = "finetune"
+    method: Literal["affinity3d-seg"] = "affinity3d-seg"
+    data: SegDataConfig = Field(default_factory=SegDataConfig)
+    model: SPVCNNConfig = Field(default_factory=SPVCNNConfig)
+    image: Image2DConfig = Field(default_factory=Image2DConfig)
+    clip_model: str = Field("hf://openai/clip-vit-base-patch32", description="text encoder of the classifier")
+    build_tiny_random: bool = False
+    lovasz_weight: float = Field(1.0, ge=0)
+    tta: int = Field(0, ge=0, description="test-time augmentation passes (flips / rotations); 0 = none")
+    eval_convention: Literal["semantickitti", "scannet"] = "semantickitti"
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=1e-4, warmup_epochs=1,
+                                                                   min_lr=1e-5))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=64, batch_size=8, best_metric="hiou"))

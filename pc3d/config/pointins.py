@@ -1,0 +1,158 @@
+"""Preset schemas of scene-level SSL (issue 8): Sonata-style pretraining, PointINS, and scene probing."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from pc3d.config.base import DataConfig, OptimConfig, PresetBase, StrictModel, TrainConfig
+from pc3d.config.registry import register_schema
+
+Curve = Literal["z", "z-trans", "hilbert", "hilbert-trans"]
+
+
+class PTv3Config(StrictModel):
+    """PTv3 encoder sizes; the defaults are the paper's ~38M default model (presets set the others)."""
+
+    in_channels: int = Field(9, ge=3, description="coord(3) + colour(3) + normal(3)")
+    depths: tuple[int, ...] = (2, 2, 2, 6, 2)
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    heads: tuple[int, ...] = (2, 4, 8, 16, 32)
+    patch_size: int = Field(1024, ge=2, description="points per attention patch")
+    mlp_ratio: float = Field(4.0, gt=0)
+    drop_path: float = Field(0.3, ge=0, lt=1)
+    orders: tuple[Curve, ...] = ("z", "z-trans", "hilbert", "hilbert-trans")
+    shuffle_orders: bool = True
+    grid_size: float = Field(0.02, gt=0, description="grid-sampling cell edge in metres")
+
+    @model_validator(mode="after")
+    def _stages(self) -> PTv3Config:
+        if not len(self.depths) == len(self.channels) == len(self.heads) or not self.depths:
+            raise ValueError("model.depths, model.channels and model.heads need one entry per stage")
+        bad = [(c, h) for c, h in zip(self.channels, self.heads, strict=True) if c % h]
+        if bad:
+            raise ValueError(f"model.channels {bad[0][0]} is not divisible by its heads {bad[0][1]}")
+        return self
+
+
+class SceneDataConfig(DataConfig):
+    """Scene datasets: embedded synthetic rooms (ScanNet-like), or a ScanNet / S3DIS folder (Pointcept npy)."""
+
+    dataset: Literal["scannet", "s3dis", "semantickitti"] = "scannet"
+    num_points: int = Field(8000, ge=64, description="points per synthetic scene")
+    synthetic_count: int = Field(16, ge=2, description="synthetic training scenes")
+    synthetic_val_count: int = Field(4, ge=1, description="synthetic validation scenes")
+    global_views: int = Field(2, ge=1)
+    local_views: int = Field(4, ge=0)
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.1, 0.4)
+    max_view_points: int = Field(65536, ge=64, description="points kept per view (random subset above)")
+    loop: int = Field(1, ge=1, description="passes over the training scenes per epoch")
+    train_sequences: tuple[str, ...] = Field(("00", "01", "02", "03", "04", "05", "06", "07", "09", "10"),
+                                             description="semantickitti: training sequences")
+    val_sequences: tuple[str, ...] = Field(("08",), description="semantickitti: validation sequences")
+    max_frames: int | None = Field(None, ge=1, description="semantickitti: frames read per split (null = all)")
+
+
+class HeadConfig(StrictModel):
+    """Sonata's OnlineCluster heads: MLP -> L2-normalise -> weight-normalised prototypes."""
+
+    hidden: int = Field(4096, ge=8)
+    bottleneck: int = Field(256, ge=4)
+    prototypes: int = Field(4096, ge=2)
+    up_cast_levels: int = Field(2, ge=0, description="coarse levels concatenated onto the head's level")
+
+
+class SonataLossConfig(StrictModel):
+    teacher_temp: tuple[float, float] = Field((0.04, 0.07), description="teacher temperature: start, end of warm-up")
+    student_temp: float = Field(0.1, gt=0)
+    sinkhorn_iters: int = Field(3, ge=1)
+    zipf_alpha: float = Field(0.1, ge=0, description="DOS Zipf-Sinkhorn prior exponent; 0 = uniform (Sonata)")
+    mask_size: tuple[float, float] = Field((0.1, 0.4), description="mask patch edge (m): start, end of warm-up")
+    mask_ratio: tuple[float, float] = Field((0.3, 0.7), description="masked share of patches: start, end")
+    mask_jitter: float = Field(0.01, ge=0, description="sigma of the coordinate noise on masked points")
+    warmup: float = Field(0.05, ge=0, le=1, description="share of training over which the schedules ramp")
+    match_max_r: float = Field(0.32, gt=0, description="max origin-coordinate distance of a cross-view match")
+    weights: tuple[float, float, float] = Field((0.25, 0.25, 0.5), description="mask, roll-mask, unmask")
+    layer_decay: float = Field(0.9, gt=0, le=1, description="lr x decay^(blocks above) per encoder block")
+
+
+class ScenePretrainPreset(PresetBase):
+    command: Literal["pretrain"] = "pretrain"
+    model: PTv3Config = Field(default_factory=PTv3Config)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    loss: SonataLossConfig = Field(default_factory=SonataLossConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.004, weight_decay=0.04, warmup_epochs=40,
+                                                                   clip_grad=3.0, min_lr=1e-6))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=800, batch_size=16, ema_momentum=0.994))
+    data: SceneDataConfig = Field(default_factory=SceneDataConfig)
+
+
+@register_schema
+class SonataPreset(ScenePretrainPreset):
+    entry: ClassVar[str] = "pc3d.methods.sonata:run"
+    method: Literal["sonata"] = "sonata"
+
+
+class OffsetConfig(StrictModel):
+    """PointINS: offset head, ODR and SCR (paper Table 9, indoor column by default)."""
+
+    weight: float = Field(0.25, ge=0, description="lambda_off")
+    warmup: float = Field(0.1, ge=0, le=1, description="share of training before the offset loss switches on")
+    odr: bool = Field(True, description="offset distribution regularisation")
+    scr: bool = Field(True, description="spatial clustering regularisation")
+    order: Literal["odr-scr", "scr-odr"] = Field("odr-scr", description="paper: ODR then SCR")
+    odr_source: Literal["teacher", "student"] = Field("teacher", description="whose offsets ODR transforms")
+    prior: Literal["gamma", "lognormal", "fitted"] = "gamma"
+    gamma: tuple[float, float] = Field((0.24, 2.53), description="magnitude prior Gamma(shape, scale)")
+    lognormal: tuple[float, float] = Field((0.0, 0.76), description="magnitude prior LogNormal(mu, sigma)")
+    fit_radius: float = Field(0.05, gt=0, description="prior=fitted: radius of the label-free clustering")
+    fit_min_points: int = Field(30, ge=1, description="prior=fitted: smallest cluster kept")
+    fit_scenes: int = Field(8, ge=1, description="prior=fitted: training scenes clustered for the fit")
+    kmeans_k: int = Field(20, ge=1)
+    kmeans_iters: int = Field(10, ge=0)
+    knn: int = Field(150, ge=1, description="k of the kNN graph on predicted centroids")
+    radius: float = Field(1.2, gt=0, description="tau_d: edges shorter than this (m) are kept")
+    min_points: int = Field(30, ge=1, description="tau_min: smaller components get no target")
+    centroid: Literal["predicted", "coordinates"] = Field(
+        "predicted", description="component centre: mean of predicted centroids (appendix) or of coordinates")
+    cross_view: bool = Field(True, description="also distil offsets across views (augmentation inverses)")
+
+
+@register_schema
+class PointINSPreset(ScenePretrainPreset):
+    entry: ClassVar[str] = "pc3d.methods.pointins:run"
+    method: Literal["pointins"] = "pointins"
+    offset: OffsetConfig = Field(default_factory=OffsetConfig)
+
+
+class ProbeConfig(StrictModel):
+    """What is trained on top of the pretrained encoder, and the PointGroup clustering of instances."""
+
+    task: Literal["semseg", "insseg", "panoptic", "unsup-insseg"] = "insseg"
+    mode: Literal["linear", "decoder", "full"] = "linear"
+    decoder_channels: int = Field(64, ge=4, description="mode=decoder: width of the trainable decoder")
+    cluster_radius: float = Field(0.03, gt=0, description="BFS radius on shifted points (m); PG: 1.5 voxels")
+    cluster_max_neighbors: int = Field(600, ge=1)
+    cluster_min_points: int = Field(50, ge=1)
+    propose_min_points: int = Field(200, ge=1, description="proposals with fewer points are dropped")
+    min_region_size: int = Field(100, ge=1, description="AP protocol: smallest counted region")
+    lovasz: bool = Field(True, description="add the Lovasz-softmax loss to cross-entropy")
+    up_cast_levels: int = Field(2, ge=0, description="unsup-insseg: level of the pretrained offset head")
+    augment: bool = Field(True, description="training scenes: random z-rotation, flip, scale")
+
+
+@register_schema
+class ScenePreset(PresetBase):
+    entry: ClassVar[str] = "pc3d.methods.scene_probe:run"
+    command: Literal["finetune"] = "finetune"
+    method: Literal["scene-probe"] = "scene-probe"
+    model: PTv3Config = Field(default_factory=PTv3Config)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.002, weight_decay=0.05, warmup_epochs=40,
+                                                                   clip_grad=3.0))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=800, batch_size=24, best_metric=None))
+    data: SceneDataConfig = Field(default_factory=SceneDataConfig)
+    weights: str | None = Field(None, description="pretrained Sonata / PointINS run (also --from)")
+    backbone_lr_scale: float = Field(0.1, gt=0, description="mode=full: lr multiplier of the encoder")

@@ -1,0 +1,625 @@
+"""Affinity3D: zero-shot LiDAR pseudo-labels from CLIP crops, refined by an affinity random walk.
+
+Per frame (spec §3-4):
+  1. superpoints  - DBSCAN on the points without a seen-class label (GZS) or BPSS supervoxels (annotation-free)
+  2. visibility   - SLIC superpixels; a point is visible iff its depth is within `threshold` of the nearest
+                    point of its superpixel (scatter-min); invisible points are left unlabelled
+  3. crops        - 2-D box of each superpoint's visible points, enlarged to >= 30x30 px
+  4. features     - CLIP image embeddings F of the crops; text embeddings EMB; Y = softmax(s_t F EMB^T)
+  5. affinity     - W = row-softmax(s_a F F^T) over [this frame + queue of recent frames], A = W^beta,
+                    T = D^-1 A, refined scores Y' = T Y (rows of this frame)
+  6. labels       - argmax Y' on the visible points of each superpoint; seen-class points keep their label
+Outputs under OUT: sequences/XX/labels/NNNNNN.label (SemanticKITTI raw ids, 0 = ignore),
+visibility/NNNNNN.npy (bool per point: in the image and visible), features/NNNNNN.npz (F, Y; rebuilds the
+queue on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pc3d import console as con
+from pc3d.data.readers.semantickitti import (
+    CLASS_NAMES,
+    IGNORE,
+    NUM_CLASSES,
+    UNSEEN_CLASSES,
+    SemanticKITTI,
+    camera_from_projection,
+    unmap_labels,
+)
+from pc3d.errors import InputError
+from pc3d.io.atomic import atomic_path, write_text_atomic
+from pc3d.ops import grid_sample, rasterize_points, scatter_min
+
+# ------------------------------------------------------------------------------------------ superpoints
+
+
+def dbscan(points: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """Exact DBSCAN labels (N,) int64, -1 = noise. Core points have >= min_samples points (self included) within
+    eps; core points within eps of each other share a cluster; a border point joins its nearest core point's.
+
+    Neighbourhoods come from scipy's KD-tree: pc3d.ops.knn's grid search is far slower on LiDAR density."""
+    from scipy.sparse.csgraph import connected_components as graph_components
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, dtype=np.float64)
+    n = len(points)
+    labels = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return labels
+    tree = cKDTree(points)
+    counts = tree.query_ball_point(points, eps, return_length=True)
+    core = np.flatnonzero(counts >= min_samples)
+    if len(core) == 0:
+        return labels
+    graph = cKDTree(points[core]).sparse_distance_matrix(cKDTree(points[core]), eps, output_type="coo_matrix")
+    _, comp = graph_components(graph, directed=False)
+    labels[core] = comp
+    border = np.setdiff1d(np.arange(n), core)
+    if len(border):
+        dist, nearest = cKDTree(points[core]).query(points[border], k=1, distance_upper_bound=eps)
+        ok = np.isfinite(dist)
+        labels[border[ok]] = comp[nearest[ok]]
+    return labels
+
+
+def estimate_normals(points: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Unit normals (N,3): smallest-eigenvalue eigenvector of each point's neighbourhood covariance."""
+    patch = points[neighbours]  # (N,k,3)
+    centred = patch - patch.mean(axis=1, keepdims=True)
+    cov = np.einsum("nki,nkj->nij", centred, centred)
+    _, vectors = np.linalg.eigh(cov)
+    return vectors[:, :, 0]
+
+
+def bpss_supervoxels(points: np.ndarray, resolution: float = 1.0, k: int = 15, max_rounds: int = 40,
+                     refine_iters: int = 10) -> np.ndarray:
+    """Boundary-preserving supervoxels (Lin et al. 2018), labels (N,) 0..K-1.
+
+    Metric d(p, q) = 1 - |n_p . n_q| + 0.4 |p - q| / R. Every point starts alone; in rounds with lambda doubling
+    from the median nearest-neighbour metric, a supervoxel j merges into an adjacent i when
+    lambda - size_j d(rep_i, rep_j) > 0, until K = occupied cells at resolution R remain. Merges of a round are
+    applied together (cheapest first, never below K) instead of the paper's sequential BFS. Then boundary
+    points move to an adjacent supervoxel whose representative is closer in the metric, until stable."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as graph_components
+
+    n = len(points)
+    if n <= 1:
+        return np.zeros(n, dtype=np.int64)
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, dtype=np.float64)
+    kk = min(k + 1, n)
+    _, idx = cKDTree(points).query(points, kk)  # scipy: pc3d.ops.knn's grid search is slow on LiDAR density
+    nbr = idx[:, 1:]
+    normals = estimate_normals(points, idx)
+    target = grid_sample(torch.from_numpy(points), resolution).num_cells
+
+    def metric(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        cos = np.abs(np.einsum("ij,ij->i", normals[a], normals[b]))
+        return 1.0 - cos + 0.4 * np.linalg.norm(points[a] - points[b], axis=1) / resolution
+
+    src = np.repeat(np.arange(n), nbr.shape[1])
+    dst = nbr.reshape(-1)
+    label = np.arange(n)
+    rep = np.arange(n)  # representative point of each supervoxel id
+    size = np.ones(n, dtype=np.int64)
+    lam = float(np.median(metric(src, dst).reshape(n, -1).min(axis=1)))
+    lam = max(lam, 1e-6)
+    count = n
+    for _ in range(max_rounds):
+        if count <= target:
+            break
+        a, b = label[src], label[dst]
+        pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1)[a != b], axis=0)
+        if len(pairs) == 0:
+            break
+        small = np.where(size[pairs[:, 0]] <= size[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+        cost = size[small] * metric(rep[pairs[:, 0]], rep[pairs[:, 1]])
+        accept = np.flatnonzero(lam - cost > 0)
+        accept = accept[np.argsort(cost[accept], kind="stable")][: count - target]
+        lam *= 2.0
+        if len(accept) == 0:
+            continue
+        u, v = pairs[accept, 0], pairs[accept, 1]
+        graph = coo_matrix((np.ones(len(u)), (u, v)), shape=(n, n))
+        _, comp = graph_components(graph, directed=False)
+        # the largest member keeps its representative
+        alive = np.unique(label)
+        order = alive[np.lexsort((-size[alive], comp[alive]))]
+        first = np.unique(comp[order], return_index=True)[1]
+        winner = np.full(comp.max() + 1, -1)
+        winner[comp[order[first]]] = order[first]
+        new_size = np.bincount(comp[alive], weights=size[alive], minlength=comp.max() + 1).astype(np.int64)
+        label = winner[comp[label]]
+        size = np.zeros(n, dtype=np.int64)
+        size[winner[winner >= 0]] = new_size[winner >= 0]
+        count = len(np.unique(label))
+    for _ in range(refine_iters):  # boundary refinement
+        candidates = np.concatenate([label[:, None], label[nbr]], axis=1)  # own supervoxel first
+        reps = rep[candidates]
+        d = metric(np.repeat(np.arange(n), candidates.shape[1]), reps.reshape(-1)).reshape(n, -1)
+        best = candidates[np.arange(n), d.argmin(axis=1)]
+        if np.array_equal(best, label):
+            break
+        label = best
+    return np.unique(label, return_inverse=True)[1].astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------ affinity
+
+
+def affinity_transition(features: Tensor, scale: float, beta: float, nodes: Tensor | None = None) -> Tensor:
+    """T = D^-1 A with A = W^beta (element-wise), W = row-softmax(scale F N^T), D = diag(A 1).
+
+    Rows are the `features` (S, D), columns the graph `nodes` (M, D) (default: the features themselves)."""
+    nodes = features if nodes is None else nodes
+    w = torch.softmax(scale * features @ nodes.t(), dim=1)
+    a = w.pow(beta)
+    return a / a.sum(dim=1, keepdim=True)
+
+
+def refine_scores(features: Tensor, scores: Tensor, queue_features: Tensor | None, queue_scores: Tensor | None,
+                  scale: float, beta: float) -> Tensor:
+    """Y' = T Y over this frame's nodes and the queue's; only this frame's rows (S, C) are needed (each row of T
+    is normalised on its own)."""
+    if queue_features is not None and queue_features.shape[0]:
+        nodes, values = torch.cat([features, queue_features]), torch.cat([scores, queue_scores])
+    else:
+        nodes, values = features, scores
+    return affinity_transition(features, scale, beta, nodes) @ values
+
+
+# ------------------------------------------------------------------------------------------ visibility
+
+
+def slic_superpixels(image: np.ndarray, n_segments: int = 1000, compactness: float = 10.0) -> np.ndarray:
+    """(H, W) int64 SLIC superpixel ids starting at 0 (scikit-image)."""
+    from skimage.segmentation import slic
+
+    return slic(image, n_segments=n_segments, compactness=compactness, start_label=0).astype(np.int64)
+
+
+def superpixel_visibility(pixels: np.ndarray, depth: np.ndarray, superpixels: np.ndarray,
+                          threshold: float = 0.5) -> np.ndarray:
+    """visible (M,) bool: depth - D_k < threshold, D_k = min depth of the points in the point's superpixel k."""
+    if len(depth) == 0:
+        return np.zeros(0, dtype=bool)
+    k = torch.from_numpy(superpixels[pixels[:, 0], pixels[:, 1]].astype(np.int64))
+    z = torch.from_numpy(np.asarray(depth, dtype=np.float64))
+    nearest, _ = scatter_min(z, k, 0, int(superpixels.max()) + 1)
+    return ((z - nearest[k]) < threshold).numpy()
+
+
+def crop_box(uv: np.ndarray, min_size: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) pixel box around `uv` (M,2 as u, v), enlarged symmetrically to at least
+    min_size x min_size and clipped to the image."""
+    height, width = image_size
+    lo, hi = np.floor(uv.min(axis=0)), np.floor(uv.max(axis=0)) + 1  # (u, v)
+
+    def span(low: float, high: float, limit: int) -> tuple[int, int]:
+        extra = max(0.0, min_size - (high - low))
+        low, high = low - np.floor(extra / 2), high + np.ceil(extra / 2)
+        if low < 0:
+            high, low = min(limit, high - low), 0
+        if high > limit:
+            low, high = max(0, low - (high - limit)), limit
+        return int(low), int(high)
+
+    left, right = span(lo[0], hi[0], width)
+    top, bottom = span(lo[1], hi[1], height)
+    return top, left, bottom, right
+
+
+# ------------------------------------------------------------------------------------------ features
+
+
+class FeatureSource(Protocol):
+    """What gives image features and class embeddings (CLIP, or the oracle)."""
+
+    logit_scale: float
+
+    def class_embeddings(self, classes: list[int]) -> Tensor: ...
+
+    def begin_frame(self, sample: dict[str, Any]) -> None: ...
+
+    def crop_features(self, image: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> Tensor: ...
+
+    def pixel_features(self, image: np.ndarray, pixels: np.ndarray) -> Tensor: ...
+
+
+class ClipFeatures:
+    """CLIP crops and prompt-ensembled text embeddings."""
+
+    def __init__(self, spec: str, device: torch.device, dtype: str = "auto", batch_size: int = 64,
+                 logit_scale: float | None = None) -> None:
+        from pc3d.foundation.clip import ClipEncoder
+
+        torch_dtype = {"auto": torch.float16 if device.type == "cuda" else None, "float32": None,
+                       "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+        self.encoder = ClipEncoder(spec, device=device, dtype=torch_dtype)
+        self.batch_size = batch_size
+        self.logit_scale = logit_scale or self.encoder.logit_scale
+        self.seconds = 0.0  # time spent in CLIP (the benchmark separates it)
+
+    def class_embeddings(self, classes: list[int]) -> Tensor:
+        return self.encoder.encode_text([CLASS_NAMES[c] for c in classes]).cpu()
+
+    def begin_frame(self, sample: dict[str, Any]) -> None:
+        self._dense: Tensor | None = None
+
+    def crop_features(self, image: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> Tensor:
+        tic = time.perf_counter()
+        crops = [image[t:b, l:r] for t, l, b, r in boxes]
+        out = self.encoder.encode_crops(crops, self.batch_size).cpu()
+        self.seconds += time.perf_counter() - tic
+        return out
+
+    def pixel_features(self, image: np.ndarray, pixels: np.ndarray) -> Tensor:
+        tic = time.perf_counter()
+        grid = self.encoder.encode_dense(image).cpu()  # (h, w, D) patch grid over the whole image
+        rows = np.minimum(pixels[:, 0] * grid.shape[0] // image.shape[0], grid.shape[0] - 1)
+        cols = np.minimum(pixels[:, 1] * grid.shape[1] // image.shape[1], grid.shape[1] - 1)
+        self.seconds += time.perf_counter() - tic
+        return grid[torch.from_numpy(rows), torch.from_numpy(cols)]
+
+
+class OracleFeatures:
+    """Ground-truth class embeddings of what the camera sees: the frame's labelled points are rendered into a
+    z-buffered label image; a crop's feature is its normalised class histogram (one-hot class embeddings), so
+    crops mixing several objects give mixed features, as real crops do."""
+
+    def __init__(self, radius: int = 2, logit_scale: float | None = None) -> None:
+        self.radius = radius
+        self.logit_scale = logit_scale or 100.0
+        self.seconds = 0.0
+        self._labels: np.ndarray | None = None
+
+    def class_embeddings(self, classes: list[int]) -> Tensor:
+        return torch.eye(NUM_CLASSES)[classes]
+
+    def begin_frame(self, sample: dict[str, Any]) -> None:
+        if "gt" not in sample:
+            raise InputError(f"oracle features need ground-truth labels (sequence {sample['sequence']} frame "
+                             f"{sample['frame']} has none)")
+        height, width = sample["image"].shape[:2]
+        k, extrinsics = camera_from_projection(sample["proj"])
+        ahead = np.flatnonzero(sample["points"][:, 0] > 0)
+        raster = rasterize_points(torch.from_numpy(sample["points"][ahead].astype(np.float64)), torch.from_numpy(k),
+                                  torch.from_numpy(extrinsics), height, width, radius=self.radius)
+        index = raster.index.numpy()
+        gt = sample["gt"][ahead]
+        self._labels = np.where(index >= 0, gt[np.maximum(index, 0)], IGNORE)
+
+    def crop_features(self, image: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> Tensor:
+        tic = time.perf_counter()
+        feats = []
+        for t, l, b, r in boxes:
+            hist = np.bincount(self._labels[t:b, l:r].reshape(-1), minlength=NUM_CLASSES).astype(np.float64)
+            hist[IGNORE] = 0
+            feats.append(hist / max(np.linalg.norm(hist), 1e-12))
+        self.seconds += time.perf_counter() - tic
+        return torch.tensor(np.array(feats), dtype=torch.float32).reshape(len(boxes), NUM_CLASSES)
+
+    def pixel_features(self, image: np.ndarray, pixels: np.ndarray) -> Tensor:
+        labels = torch.from_numpy(self._labels[pixels[:, 0], pixels[:, 1]])
+        return F.one_hot(labels, NUM_CLASSES).float()
+
+
+# ------------------------------------------------------------------------------------------ the labeller
+
+
+@dataclass
+class FrameResult:
+    labels: np.ndarray  # (N,) train ids, 0 = ignore
+    visible: np.ndarray  # (N,) bool: in the image and visible
+    pseudo: np.ndarray  # (N,) bool: the label comes from the image (not from seen ground truth)
+    features: np.ndarray  # (S, D) superpoint features of this frame
+    scores: np.ndarray  # (S, C) initial class scores Y
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class PseudoLabeler:
+    """Affinity3D for one sequence of frames at a time (the queue resets between sequences)."""
+
+    def __init__(self, config: Any, source: FeatureSource) -> None:
+        self.config, self.source = config, source
+        setting = config.data.setting
+        candidates = config.features.candidates
+        if candidates == "auto":
+            candidates = "unseen" if setting == "gzs" else "all"
+        self.classes = list(UNSEEN_CLASSES) if candidates == "unseen" else list(range(1, NUM_CLASSES))
+        self.embeddings = source.class_embeddings(self.classes)
+        method = config.superpoints.method
+        self.superpoint_method = ("dbscan" if setting == "gzs" else "bpss") if method == "auto" else method
+        self.queue: deque[tuple[Tensor, Tensor]] = deque(maxlen=max(config.affinity.queue, 1))
+        self.sequence: str | None = None
+
+    def remember(self, sequence: str, features: np.ndarray, scores: np.ndarray) -> None:
+        """Add a finished frame to the queue (also used to rebuild it on resume)."""
+        if sequence != self.sequence:
+            self.queue.clear()
+            self.sequence = sequence
+        if self.config.affinity.queue > 0 and len(features):
+            self.queue.append((torch.from_numpy(features).float(), torch.from_numpy(scores).float()))
+
+    def superpoints(self, points: np.ndarray) -> np.ndarray:
+        if len(points) == 0:
+            return np.zeros(0, dtype=np.int64)
+        cfg = self.config.superpoints
+        if self.superpoint_method == "dbscan":
+            return dbscan(points, cfg.eps, cfg.min_samples)
+        return bpss_supervoxels(points, cfg.resolution, cfg.k)
+
+    def __call__(self, sample: dict[str, Any]) -> FrameResult:
+        cfg = self.config
+        points, image = sample["points"], sample["image"]
+        n, image_size = len(points), image.shape[:2]
+        gzs = cfg.data.setting == "gzs"
+        labels = sample["labels"].copy() if gzs else np.zeros(n, dtype=np.int64)
+        fov_index, fov_uv, fov_depth = sample["fov_index"], sample["fov_uv"], sample["fov_depth"]
+        pixels = np.stack([np.clip(fov_uv[:, 1].astype(np.int64), 0, image_size[0] - 1),
+                           np.clip(fov_uv[:, 0].astype(np.int64), 0, image_size[1] - 1)], axis=1)
+        if cfg.visibility.enabled:
+            superpixels = slic_superpixels(image, cfg.visibility.n_segments, cfg.visibility.compactness)
+            fov_visible = superpixel_visibility(pixels, fov_depth, superpixels, cfg.visibility.threshold)
+        else:
+            fov_visible = np.ones(len(fov_index), dtype=bool)
+        visible = np.zeros(n, dtype=bool)
+        visible[fov_index[fov_visible]] = True
+        candidate = labels == IGNORE if gzs else np.ones(n, dtype=bool)  # points that need a label
+        self.source.begin_frame(sample)
+        pseudo = np.zeros(n, dtype=bool)
+        empty = (np.zeros((0, self.embeddings.shape[1]), np.float32), np.zeros((0, len(self.classes)), np.float32))
+        if cfg.labeler == "dense":
+            target = visible[fov_index] & candidate[fov_index]
+            feats = self.source.pixel_features(image, pixels[target])
+            scores = self._scores(feats)
+            chosen = torch.tensor(self.classes)[scores.argmax(dim=1)].numpy()
+            keep = scores.max(dim=1).values.numpy() > cfg.confidence
+            points_hit = fov_index[target][keep]
+            labels[points_hit], pseudo[points_hit] = chosen[keep], True
+            return FrameResult(labels, visible, pseudo, *empty, stats={"superpoints": 0})
+        cand_index = np.flatnonzero(candidate)
+        sp = np.full(n, -1, dtype=np.int64)
+        sp[cand_index] = self.superpoints(points[cand_index])
+        # per superpoint: its labelable points (in the image and visible) and their pixels
+        usable = np.zeros(n, dtype=bool)
+        usable[fov_index[fov_visible]] = True
+        usable &= sp >= 0
+        uv_of = np.full((n, 2), np.nan)
+        uv_of[fov_index] = fov_uv
+        ids = np.unique(sp[usable])
+        boxes = []
+        for s in ids:
+            members = np.flatnonzero((sp == s) & usable)
+            boxes.append(crop_box(uv_of[members], cfg.features.min_crop, image_size))
+        if not len(ids):
+            return FrameResult(labels, visible, pseudo, *empty, stats={"superpoints": 0})
+        feats = self.source.crop_features(image, boxes).float()
+        scores = self._scores(feats)
+        refined = scores
+        if cfg.affinity.enabled:
+            qf = torch.cat([f for f, _ in self.queue]) if self.queue else None
+            qy = torch.cat([y for _, y in self.queue]) if self.queue else None
+            refined = refine_scores(feats, scores, qf, qy, cfg.affinity.scale, cfg.affinity.beta)
+        best, chosen = refined.max(dim=1)
+        chosen_class = torch.tensor(self.classes)[chosen].numpy()
+        keep = best.numpy() > cfg.confidence
+        lookup = np.full(int(sp.max()) + 1, -1, dtype=np.int64)
+        lookup[ids] = np.arange(len(ids))
+        target = np.flatnonzero(usable)
+        slot = lookup[sp[target]]
+        ok = keep[slot]
+        labels[target[ok]] = chosen_class[slot[ok]]
+        pseudo[target[ok]] = True
+        return FrameResult(labels, visible, pseudo, feats.numpy(), scores.numpy(), stats={"superpoints": len(ids)})
+
+    def _scores(self, feats: Tensor) -> Tensor:
+        return torch.softmax(self.source.logit_scale * feats @ self.embeddings.t().to(feats.dtype), dim=1)
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def build_source(config: Any, device: torch.device) -> FeatureSource:
+    fcfg = config.features
+    if fcfg.source == "oracle":
+        return OracleFeatures(fcfg.oracle_radius, fcfg.logit_scale)
+    if fcfg.build_tiny_random:
+        from pc3d.foundation.clip import build_tiny_random_clip, tiny_random_cached
+
+        con.info("tiny random-weight CLIP: the pseudo-labels are meaningless (offline test preset)")
+        if not fcfg.model.startswith("hf://"):
+            raise InputError("features.build_tiny_random needs features.model = hf://owner/repo")
+        if not tiny_random_cached(fcfg.model):
+            build_tiny_random_clip(fcfg.model)
+    return ClipFeatures(fcfg.model, device, fcfg.dtype, fcfg.batch_size, fcfg.logit_scale)
+
+
+def output_root(config: Any) -> Path:
+    """A stable folder (no time stamp) so a rerun resumes: <run.out>/<run.name>/."""
+    return Path(config.run.out) / (config.run.name or "affinity3d")
+
+
+def synthetic_root(config: Any, folder: Path) -> Path:
+    """Generate the embedded synthetic LiDAR frames into `folder` once (SemanticKITTI layout)."""
+    from pc3d.data import layouts
+    from pc3d.data.synthetic.lidar import generate_lidar_sequence, lidar_rng
+
+    data = config.data
+    done = folder / ".complete.json"
+    wanted = {"count": data.synthetic_count, "rays": data.synthetic_rays, "image": list(data.synthetic_image),
+              "seed": config.run.seed}
+    if done.is_file() and json.loads(done.read_text()) == wanted:
+        return folder / layouts.SEMANTIC_KITTI_DIR
+    per_sequence = 10
+    lengths = [min(per_sequence, data.synthetic_count - s) for s in range(0, data.synthetic_count, per_sequence)]
+    con.info(f"generating {data.synthetic_count} synthetic LiDAR frames into {folder}")
+    sequences = [generate_lidar_sequence(lidar_rng(config.run.seed, s), n, data.synthetic_rays,
+                                         tuple(data.synthetic_image)) for s, n in enumerate(lengths)]
+    root = layouts.write_semantickitti(folder, sequences)
+    write_text_atomic(done, json.dumps(wanted))
+    return root
+
+
+def dataset_for(config: Any, out: Path, sequences: list[str] | None = None) -> SemanticKITTI:
+    data = config.data
+    if data.source == "folder":
+        root, seqs = Path(data.root), sequences or data.sequences
+    else:
+        root = synthetic_root(config, out / "synthetic")
+        count = -(-data.synthetic_count // 10)
+        seqs = sequences or [f"{s:02d}" for s in range(count)]
+    setting = "gzs" if data.setting == "gzs" else "annotation-free"
+    return SemanticKITTI(root, seqs, setting, with_image=True, max_frames=data.max_frames)
+
+
+def frame_paths(out: Path, sequence: str, frame: str) -> dict[str, Path]:
+    folder = out / "sequences" / sequence
+    return {"labels": folder / "labels" / f"{frame}.label", "visibility": folder / "visibility" / f"{frame}.npy",
+            "features": folder / "features" / f"{frame}.npz"}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def write_frame(paths: dict[str, Path], result: FrameResult) -> None:
+    from pc3d.io.kitti import write_kitti_label
+
+    with atomic_path(paths["features"]) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, features=result.features.astype(np.float32), scores=result.scores.astype(np.float32))
+    _save_npy(paths["visibility"], result.visible)
+    write_kitti_label(paths["labels"], unmap_labels(result.labels))  # written last: marks the frame done
+
+
+class Accuracy:
+    """Pseudo-label accuracy against ground truth (the paper's Table 4 measure) and coverage."""
+
+    def __init__(self, setting: str) -> None:
+        self.setting = setting
+        self.confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+        self.targets = 0
+
+    def add(self, gt: np.ndarray, original: np.ndarray | None, result: FrameResult, in_image: np.ndarray) -> None:
+        """Coverage counts the labelled targets inside the camera image (the only points that can get labels)."""
+        from pc3d.metrics import semantic_confusion
+
+        target = (gt != IGNORE) & in_image
+        if self.setting == "gzs" and original is not None:
+            target &= original == IGNORE  # the points without a seen label
+        self.targets += int(target.sum())
+        hit = result.pseudo & (gt != IGNORE)
+        self.confusion += semantic_confusion(result.labels[hit], gt[hit], NUM_CLASSES)
+
+    def summary(self) -> dict[str, Any]:
+        from pc3d.metrics import semseg_metrics
+
+        labelled = int(self.confusion.sum())
+        if not labelled:
+            return {"pseudo_points": 0, "coverage": 0.0}
+        metrics = semseg_metrics(self.confusion, [IGNORE], "scannet")
+        per_class = {CLASS_NAMES[c]: round(float(v), 4) for c, v in enumerate(metrics["per_class_acc"])
+                     if v is not None}
+        return {"accuracy": float(np.trace(self.confusion) / labelled), "miou": metrics["miou"],
+                "pseudo_points": labelled, "target_points": self.targets,
+                "coverage": labelled / max(self.targets, 1), "per_class_accuracy": per_class}
+
+
+def pseudolabel(config: Any, device: torch.device | None = None) -> dict[str, Any]:
+    """Run Affinity3D over the configured frames; returns the summary (also written to OUT/summary.json)."""
+    device = device or _device(config.run.device)
+    out = output_root(config)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = dataset_for(config, out)
+    source = build_source(config, device)
+    labeler = PseudoLabeler(config, source)
+    accuracy = Accuracy(config.data.setting)
+    done = skipped = 0
+    tic = time.perf_counter()
+    for i in con.track(range(len(dataset)), total=len(dataset), description="pseudo-labels"):
+        ref = dataset.frames[i]
+        paths = frame_paths(out, ref.sequence, ref.frame)
+        if config.resume and all(p.is_file() for p in paths.values()):
+            cached = np.load(paths["features"])
+            labeler.remember(ref.sequence, cached["features"], cached["scores"])
+            skipped += 1
+            if dataset.has_labels(i):  # finished frames still count in the summary
+                _add_finished(accuracy, dataset, i, paths)
+            continue
+        sample = dataset[i]
+        if labeler.sequence != ref.sequence:
+            labeler.remember(ref.sequence, np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32))
+        result = labeler(sample)
+        write_frame(paths, result)
+        labeler.remember(ref.sequence, result.features, result.scores)
+        if "gt" in sample:
+            accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample))
+        done += 1
+    seconds = time.perf_counter() - tic
+    summary: dict[str, Any] = {
+        "out": str(out), "frames": len(dataset), "labelled": done, "skipped": skipped,
+        "setting": config.data.setting, "features": config.features.source, "labeler": config.labeler,
+        "affinity": config.affinity.enabled, "visibility": config.visibility.enabled,
+        "candidate_classes": [CLASS_NAMES[c] for c in labeler.classes],
+        "seconds": round(seconds, 3), "feature_seconds": round(getattr(source, "seconds", 0.0), 3),
+    }
+    if done:
+        summary["frames_per_s"] = done / max(seconds, 1e-9)
+    summary["pseudo_label"] = accuracy.summary()
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _add_finished(accuracy: Accuracy, dataset: SemanticKITTI, index: int, paths: dict[str, Path]) -> None:
+    """Score a frame written by an earlier run (pseudo = labelled points that had no seen label)."""
+    from pc3d.data.readers.semantickitti import map_labels
+    from pc3d.io.kitti import read_kitti_bin, read_kitti_label
+
+    ref = dataset.frames[index]
+    n = len(read_kitti_bin(dataset.folder(ref.sequence) / "velodyne" / f"{ref.frame}.bin", allow_empty=True).points)
+    raw, _ = read_kitti_label(dataset.label_path(ref), num_points=n)
+    gt = map_labels(raw)
+    written = map_labels(read_kitti_label(paths["labels"], num_points=n)[0])
+    original = None
+    if accuracy.setting == "gzs":
+        from pc3d.data.readers.semantickitti import zero_shot_labels
+
+        original = zero_shot_labels(gt, dataset.unseen)
+    pseudo = (written != IGNORE) & (original == IGNORE if original is not None else True)
+    result = FrameResult(written, np.load(paths["visibility"]), np.asarray(pseudo), np.zeros((0, 1)), np.zeros((0, 1)))
+    accuracy.add(gt, original, result, _in_image(dataset[index]))
+
+
+def _in_image(sample: dict[str, Any]) -> np.ndarray:
+    mask = np.zeros(len(sample["points"]), dtype=bool)
+    mask[sample["fov_index"]] = True
+    return mask
+
+
+def _device(setting: str) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise InputError("run.device is cuda but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run(request: Any) -> dict[str, Any]:
+    """`pc3d pseudolabel affinity3d [--data ROOT] [--out DIR]` entry point."""
+    torch.manual_seed(request.config.run.seed)
+    return pseudolabel(request.config)

@@ -1,0 +1,367 @@
+"""Object-level finetuning of a Point-MAE-family encoder: classification (with the 10-vote test),
+few-shot n-way k-shot classification (folds, mean +- std), ShapeNetPart part segmentation, and
+the linear-SVM probe of frozen features.
+
+Any of these checkpoints can start a run (`--from` or `weights:`): an official Point-MAE
+`pretrain.pth` / finetuned classifier, a GeoMask3D checkpoint (student encoder; `norm_p` -> `norm`),
+or a pc3d run of point-mae / geomask3d / another object expert holding `*encoder.tokenizer.*` keys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from pc3d.engine.method import Method, StepState
+from pc3d.errors import InputError
+from pc3d.io.atomic import write_text_atomic
+from pc3d.models.convert import backbone_state, load_state
+from pc3d.models.point_mae import (
+    PatchGrouper,
+    PointMAEClassifier,
+    PointMAEEncoder,
+    PointMAEPartSeg,
+    step_generator,
+)
+from pc3d.ops.transforms import scale_and_translate
+
+
+def encoder_report(model: torch.nn.Module, weights: dict[str, Tensor]) -> dict[str, Any]:
+    """Load the encoder part of any supported checkpoint into `model.encoder`; report what matched."""
+    state = {k: v for k, v in backbone_state(weights).items() if k.startswith("encoder.")}
+    report = load_state(model, state, only_prefix="encoder.")
+    if report.loaded == 0:
+        raise InputError("weights: no encoder tensor matches the model")
+    return {"loaded": report.loaded, "skipped": report.unexpected, "missing": report.missing}
+
+
+# ------------------------------------------------------------------------------------ classification
+
+
+class ObjectClassification(Method):
+    def __init__(self, config: Any, num_classes: int) -> None:
+        super().__init__()
+        m = config.model
+        self.num_classes = num_classes
+        self.model = PointMAEClassifier(num_classes, m.dim, m.depth, m.heads, m.drop_path, m.num_groups,
+                                        m.group_size, config.head.dropout)
+        self.augment = config.data.augment
+        self.label_smoothing = config.head.label_smoothing
+
+    def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
+        points = scale_and_translate(batch["points"], step_generator()) if self.augment else batch["points"]
+        logits = self.model(points)
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
+        accuracy = (logits.argmax(dim=-1) == batch["label"]).float().mean()
+        return {"cross_entropy": loss, "metric/acc": accuracy.detach()}
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"pred": self.model(batch["points"]).argmax(dim=-1), "label": batch["label"]}
+
+    def validation_epoch_end(self, outputs: list[dict]) -> dict[str, float]:
+        from pc3d.metrics.classification import classification_metrics
+
+        pred = torch.cat([torch.as_tensor(o["pred"]).reshape(-1) for o in outputs]).cpu().numpy()
+        gt = torch.cat([torch.as_tensor(o["label"]).reshape(-1) for o in outputs]).cpu().numpy()
+        metrics = classification_metrics(pred, gt, self.num_classes)
+        return {"oa": metrics["oa"], "macc": metrics["macc"]}  # the engine adds "val/"
+
+    def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
+        if any(k.startswith("model.head.") for k in weights):  # a pc3d classifier: resume everything
+            report = load_state(self, weights)
+            return {"loaded": report.loaded, "skipped": report.unexpected, "missing": report.missing}
+        return encoder_report(self.model, weights)
+
+    @torch.no_grad()
+    def vote_logits(self, points: Tensor, votes: int, generator: torch.Generator) -> Tensor:
+        """(V, B, C) logits of `votes` random scale-and-translate copies (Point-MAE's voting test)."""
+        out = []
+        for _ in range(votes):
+            out.append(self.model(scale_and_translate(points, generator=generator)))
+        return torch.stack(out)
+
+
+def build_classification(config: Any, rank: int) -> Any:
+    from pc3d.data.readers.objects import classification_sets
+    from pc3d.engine.trainer import TrainingSetup
+
+    train, test, num_classes = classification_sets(config.data, config.run.seed)
+    train, test, num_classes = _fewshot_fold(config, train, test, num_classes)
+    torch.manual_seed(config.run.seed)
+    method = ObjectClassification(config, num_classes)
+    if config.weights:
+        from pc3d.engine.checkpoint import load_weights
+
+        method.load_pretrained(load_weights(config.weights), config.weights)
+    return TrainingSetup(method=method, train_set=train, val_set=test)
+
+
+@torch.no_grad()
+def evaluate_classifier(method: ObjectClassification, test: Dataset, votes: int, batch_size: int,
+                        seed: int = 0) -> dict[str, Any]:
+    """Single-pass and (votes > 0) voted OA / mAcc / per-class accuracy on `test`."""
+    from pc3d.metrics.classification import aggregate_votes, classification_metrics
+
+    method.eval()
+    device = next(method.parameters()).device
+    generator = torch.Generator().manual_seed(seed)  # transforms draw on the CPU
+    preds, labels, voted = [], [], []
+    for batch in DataLoader(test, batch_size=batch_size, shuffle=False):
+        points = batch["points"].to(device)
+        preds.append(method.model(points).argmax(dim=-1).cpu())
+        labels.append(batch["label"])
+        if votes:
+            voted.append(method.vote_logits(points, votes, generator).cpu())
+    gt = torch.cat(labels).numpy()
+    result = {"single": classification_metrics(torch.cat(preds).numpy(), gt, method.num_classes)}
+    if votes:
+        vote_pred = aggregate_votes(torch.cat(voted, dim=1).numpy(), "mean_logits")
+        result["vote"] = classification_metrics(vote_pred, gt, method.num_classes)
+    return result
+
+
+def _trained_method(config: Any, result: dict[str, Any], build: Any) -> Method:
+    """Rebuild the method and load the run's best (else last) checkpoint."""
+    from pc3d.engine.checkpoint import load_weights
+
+    setup = build(config, 0)
+    checkpoints = result.get("checkpoints", {})
+    checkpoint = checkpoints.get("best") or checkpoints["last"]
+    report = load_state(setup.method, load_weights(str(checkpoint)))
+    if report.missing:
+        raise InputError(f"checkpoint {checkpoint} lacks {len(report.missing)} weights of the model")
+    return setup.method
+
+
+def _eval_device(config: Any) -> torch.device:
+    return torch.device("cuda" if config.run.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def run_classification(request: Any) -> dict[str, Any]:
+    """Finetune, then test the best checkpoint once plainly and with `votes` votes."""
+    from pc3d.data.readers.objects import classification_sets
+    from pc3d.engine.trainer import fit
+
+    config = request.config
+    result = fit(request, build_classification)
+    method = _trained_method(config, result, build_classification).to(_eval_device(config))
+    _, test, _ = classification_sets(config.data, config.run.seed)
+    scores = evaluate_classifier(method, test, config.votes, config.train.batch_size, config.run.seed)
+    summary = {"test_oa": scores["single"]["oa"], "test_macc": scores["single"]["macc"]}
+    if "vote" in scores:
+        summary.update(test_oa_vote=scores["vote"]["oa"], test_macc_vote=scores["vote"]["macc"])
+    if result.get("run_dir"):
+        write_text_atomic(Path(result["run_dir"]) / "test_metrics.json", json.dumps(scores, indent=2))
+    return {**result, **summary}
+
+
+# ------------------------------------------------------------------------------------------ few-shot
+
+
+def fewshot_indices(train_labels: np.ndarray, test_labels: np.ndarray, way: int, shot: int, query: int,
+                    seed: int, fold: int) -> tuple[list[int], list[int], dict[int, int]]:
+    """One fold: `way` random classes; `shot` train and `query` test samples of each, drawn at random.
+
+    Returns train indices, test indices, and the map original class -> 0..way-1."""
+    rng = np.random.default_rng([seed, fold])
+    classes = np.unique(train_labels)
+    if len(classes) < way:
+        raise InputError(f"few-shot: {way}-way needs {way} classes, the dataset has {len(classes)}")
+    chosen = sorted(rng.choice(classes, way, replace=False).tolist())
+    train_idx, test_idx = [], []
+    for cls in chosen:
+        pool_train = np.flatnonzero(train_labels == cls)
+        pool_test = np.flatnonzero(test_labels == cls)
+        if len(pool_train) < shot or len(pool_test) < query:
+            raise InputError(f"few-shot: class {cls} has {len(pool_train)} train / {len(pool_test)} test "
+                             f"samples, a fold needs {shot} / {query}")
+        train_idx += rng.choice(pool_train, shot, replace=False).tolist()
+        test_idx += rng.choice(pool_test, query, replace=False).tolist()
+    return train_idx, test_idx, {cls: i for i, cls in enumerate(chosen)}
+
+
+def _fewshot_fold(config: Any, train: Dataset, test: Dataset, num_classes: int) -> tuple[Dataset, Dataset, int]:
+    if getattr(config, "method", "") != "object-fewshot":
+        return train, test, num_classes
+    from pc3d.data.readers.objects import Subset, dataset_labels
+
+    train_idx, test_idx, relabel = fewshot_indices(dataset_labels(train), dataset_labels(test), config.way,
+                                                   config.shot, config.query, config.run.seed, config.fold)
+    return Subset(train, train_idx, relabel), Subset(test, test_idx, relabel), config.way
+
+
+def run_fewshot(request: Any) -> dict[str, Any]:
+    """`folds` independent finetunings; reports each fold's best test OA and their mean +- std."""
+    from dataclasses import replace
+
+    from pc3d.engine.trainer import fit
+
+    config = request.config
+    accuracies, runs = [], []
+    for fold in range(config.folds):
+        run = config.run.model_copy(update={"name": f"{config.run.name or 'fewshot'}-fold{fold}"})
+        fold_config = config.model_copy(update={"fold": fold, "run": run})
+        result = fit(replace(request, config=fold_config), build_classification)
+        # the best test OA over epochs, as the few-shot protocol of Point-BERT / Point-MAE reports
+        best = result["best"]["value"] if result.get("best") else result["metrics"]["val/oa"]
+        accuracies.append(float(best))
+        runs.append(str(result.get("run_dir", "")))
+    acc = np.array(accuracies) * 100
+    summary = {"way": config.way, "shot": config.shot, "folds": config.folds,
+               "oa_mean": float(acc.mean()), "oa_std": float(acc.std()), "fold_oa": acc.tolist(),
+               "fold_runs": runs}
+    out = Path(config.run.out) / (config.run.name or "fewshot") / "fewshot.json"
+    write_text_atomic(out, json.dumps(summary, indent=2))
+    return {**summary, "summary_file": str(out)}
+
+
+# ------------------------------------------------------------------------------ part segmentation
+
+
+class ObjectPartSegmentation(Method):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        m = config.model
+        self.model = PointMAEPartSeg(50, 16, m.dim, m.depth, m.heads, m.drop_path, m.num_groups, m.group_size)
+
+    def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
+        logits = self.model(batch["points"], batch["category"])
+        loss = F.nll_loss(F.log_softmax(logits, dim=-1).reshape(-1, logits.shape[-1]),
+                          batch["part_label"].reshape(-1))
+        return {"nll": loss}
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        from pc3d.metrics.partseg import restrict_to_category
+
+        logits = self.model(batch["points"], batch["category"]).float().cpu().numpy()
+        categories = batch["category"].cpu().numpy()
+        pred = np.stack([restrict_to_category(lg, int(c)) for lg, c in zip(logits, categories, strict=True)])
+        return {"pred": torch.from_numpy(pred), "gt": batch["part_label"].cpu(), "category": batch["category"]}
+
+    def validation_epoch_end(self, outputs: list[dict]) -> dict[str, float]:
+        from pc3d.metrics.partseg import shapenetpart_miou
+
+        samples = []
+        for o in outputs:
+            for cat, pred, gt in zip(o["category"], o["pred"], o["gt"], strict=True):
+                samples.append((int(cat), np.asarray(pred), np.asarray(gt)))
+        scores = shapenetpart_miou(samples)
+        return {"miou_instance": scores["miou_instance"], "miou_category": scores["miou_category"]}
+
+    def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
+        if any(k.startswith("model.seg_head.") for k in weights):
+            report = load_state(self, weights)
+            return {"loaded": report.loaded, "skipped": report.unexpected, "missing": report.missing}
+        return encoder_report(self.model, weights)
+
+
+def build_partseg(config: Any, rank: int) -> Any:
+    from pc3d.data.readers.objects import partseg_sets
+    from pc3d.engine.trainer import TrainingSetup
+
+    train, test = partseg_sets(config.data, config.run.seed)
+    torch.manual_seed(config.run.seed)
+    method = ObjectPartSegmentation(config)
+    if config.weights:
+        from pc3d.engine.checkpoint import load_weights
+
+        method.load_pretrained(load_weights(config.weights), config.weights)
+    return TrainingSetup(method=method, train_set=train, val_set=test)
+
+
+@torch.no_grad()
+def evaluate_partseg(method: ObjectPartSegmentation, test: Dataset, batch_size: int) -> dict[str, Any]:
+    """mIoU_I, mIoU_c and per-category mIoU of `method` on `test` (predictions restricted to the category)."""
+    from pc3d.metrics.partseg import shapenetpart_miou
+
+    method.eval()
+    device = next(method.parameters()).device
+    samples = []
+    for batch in DataLoader(test, batch_size=batch_size, shuffle=False):
+        out = method.validation_step({k: v.to(device) for k, v in batch.items()})
+        samples += [(int(c), p.numpy(), g.numpy()) for c, p, g in zip(out["category"].cpu(), out["pred"],
+                                                                        out["gt"], strict=True)]
+    return shapenetpart_miou(samples)
+
+
+def run_partseg(request: Any) -> dict[str, Any]:
+    """Finetune, then score the best checkpoint on the test split (per-category mIoU in test_metrics.json)."""
+    from pc3d.data.readers.objects import partseg_sets
+    from pc3d.engine.trainer import fit
+
+    config = request.config
+    result = fit(request, build_partseg)
+    method = _trained_method(config, result, build_partseg).to(_eval_device(config))
+    _, test = partseg_sets(config.data, config.run.seed)
+    scores = evaluate_partseg(method, test, config.train.batch_size)
+    if result.get("run_dir"):
+        write_text_atomic(Path(result["run_dir"]) / "test_metrics.json", json.dumps(scores, indent=2))
+    return {**result, "test_miou_instance": scores["miou_instance"], "test_miou_category": scores["miou_category"]}
+
+
+# ----------------------------------------------------------------------------------- linear-SVM probe
+
+
+class FrozenEncoder(torch.nn.Module):
+    """Grouper + encoder; a cloud's descriptor is [max, mean] over its patch tokens."""
+
+    def __init__(self, m: Any) -> None:
+        super().__init__()
+        self.grouper = PatchGrouper(m.num_groups, m.group_size)
+        self.encoder = PointMAEEncoder(m.dim, m.depth, m.heads, 0.0)
+
+    @torch.no_grad()
+    def forward(self, points: Tensor) -> Tensor:
+        from pc3d.methods.point_mae import pooled_features
+
+        neighborhood, center = self.grouper(points)
+        return pooled_features(self.encoder(neighborhood, center))
+
+
+@torch.no_grad()
+def extract_features(model: FrozenEncoder, dataset: Dataset, batch_size: int,
+                     device: torch.device) -> tuple[Tensor, Tensor]:
+    feats, labels = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        feats.append(model(batch["points"].to(device)).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(feats), torch.cat(labels)
+
+
+def run_svm(request: Any) -> dict[str, Any]:
+    """Frozen-encoder features of train and test, a linear SVM on train, accuracy on test."""
+    from pc3d.data.readers.objects import classification_sets
+    from pc3d.engine.checkpoint import load_weights
+    from pc3d.metrics.classification import classification_metrics
+    from pc3d.models.linear_svm import LinearSVM, standardize
+    from pc3d.runs import RunDir
+
+    config = request.config
+    spec = request.init_from or config.weights
+    torch.manual_seed(config.run.seed)
+    model = FrozenEncoder(config.model)
+    report = encoder_report(model, load_weights(spec)) if spec else {"loaded": 0, "missing": ["(random init)"]}
+    device = _eval_device(config)
+    model.to(device).eval()
+    train, test, num_classes = classification_sets(config.data, config.run.seed)
+    train_x, train_y = extract_features(model, train, config.train.batch_size, device)
+    test_x, test_y = extract_features(model, test, config.train.batch_size, device)
+    if config.svm_standardize:
+        train_x, test_x = standardize(train_x.double(), test_x.double())
+    svm = LinearSVM(c=config.svm_c).fit(train_x, train_y)
+    metrics = classification_metrics(svm.predict(test_x).numpy(), test_y.numpy(), num_classes)
+    run_dir = RunDir.create(config.run.out, config.run.name or "svm")
+    run_dir.save_config(config.model_dump(mode="json"))
+    write_text_atomic(run_dir.path / "test_metrics.json",
+                      json.dumps({"svm": metrics, "weights": spec, "load_report": report}, indent=2))
+    return {"svm_oa": metrics["oa"], "svm_macc": metrics["macc"], "encoder_tensors_loaded": report["loaded"],
+            "run_dir": str(run_dir.path)}

@@ -1,0 +1,484 @@
+"""Scene probing of a pretrained PTv3 encoder (Sonata / PointINS protocols) and label-free instance segmentation.
+
+Modes: `linear` (frozen encoder, all-level up-cast features -> linear heads), `decoder` (frozen encoder, a
+trainable unpooling decoder), `full` (everything trains; encoder at `backbone_lr_scale`). Tasks:
+- semseg: CE (+ Lovasz-softmax) -> mIoU;
+- insseg: PointGroup -- semantic head + offset head (L1 + (-cos) on instance points); inference shifts points
+  by their offsets and BFS-clusters them per predicted class (radius, neighbour cap), proposals score the mean
+  class probability -> AP / AP50 / AP25 (ScanNet protocol);
+- panoptic: the same heads; thing points are clustered into instances, stuff classes are one segment
+  -> PQ / SQ / RQ;
+- unsup-insseg: no training; the pretrained PointINS offsets shift the points, BFS clusters them, and
+  clusters are Hungarian-matched to ground-truth instances (paper appendix) -> matched mIoU and
+  class-agnostic AP.
+Predictions are made on grid-sampled points and carried back to every input point for scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from pc3d.engine.method import Method, StepState
+from pc3d.errors import InputError
+from pc3d.methods.sonata import OffsetHead, build_encoder, load_scenes, scene_features
+from pc3d.models.ptv3 import Point, level_inverse, up_cast
+from pc3d.ops.clustering import connected_components
+from pc3d.ops.grid import grid_sample
+
+# ----------------------------------------------------------------------------- dataset facts
+
+
+@dataclass(frozen=True)
+class SceneLabels:
+    num_classes: int
+    instance_classes: tuple[int, ...]  # classes whose points belong to instances ("things")
+    stuff_classes: tuple[int, ...]
+
+
+def scene_labels(dataset: str) -> SceneLabels:
+    if dataset == "scannet":
+        from pc3d.data.readers.scannet import SCANNET_CLASSES, SCANNET_INSTANCE_CLASSES, SCANNET_STUFF
+
+        return SceneLabels(len(SCANNET_CLASSES), SCANNET_INSTANCE_CLASSES, SCANNET_STUFF)
+    if dataset == "s3dis":
+        from pc3d.data.readers.s3dis import S3DIS_CLASSES, S3DIS_INSTANCE_CLASSES
+
+        return SceneLabels(len(S3DIS_CLASSES), S3DIS_INSTANCE_CLASSES, ())
+    if dataset == "semantickitti":
+        from pc3d.methods.sonata import KITTI_STUFF_CLASSES, KITTI_THING_CLASSES
+
+        return SceneLabels(19, KITTI_THING_CLASSES, KITTI_STUFF_CLASSES)
+    raise InputError(f"data.dataset {dataset}: scene probing reads scannet, s3dis or semantickitti")
+
+
+def parse_instances(segment: np.ndarray, instance: np.ndarray, stuff: tuple[int, ...]) -> np.ndarray:
+    """Pointcept InstanceParser: -1 on stuff and unlabelled points, other instances renumbered 0.."""
+    out = np.where(np.isin(segment, stuff) | (segment < 0), -1, instance)
+    labelled = out >= 0
+    if labelled.any():
+        out[labelled] = np.unique(out[labelled], return_inverse=True)[1]
+    return out.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class ProbeScenes(Dataset):
+    """Grid-sampled scenes with labels; training scenes are augmented (z-rotation, flip, scale)."""
+
+    def __init__(self, scenes: Any, labels: SceneLabels, grid_size: float, train: bool, augment: bool,
+                 loop: int = 1) -> None:
+        self.scenes, self.labels, self.grid_size = scenes, labels, grid_size
+        self.train, self.augment, self.loop = train, augment and train, loop if train else 1
+
+    def __len__(self) -> int:
+        return len(self.scenes) * self.loop
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        sample = self.scenes[index % len(self.scenes)]
+        coord = sample["coord"].astype(np.float64)
+        normal = sample["normal"].astype(np.float64)
+        coord = coord - (coord.max(0) + coord.min(0)) / 2
+        if self.augment:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+            angle = rng.uniform(-math.pi, math.pi)
+            c, s = math.cos(angle), math.sin(angle)
+            orient = np.diag([-1.0 if rng.random() < 0.5 else 1.0, 1.0, 1.0]) @ np.array(
+                [[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+            coord = rng.uniform(0.9, 1.1) * coord @ orient.T
+            normal = normal @ orient.T
+        coord_t = torch.from_numpy(coord).float()
+        cells = grid_sample(coord_t, self.grid_size)
+        keep = cells.unique_index
+        segment = sample["segment"].astype(np.int64)
+        instance = parse_instances(segment, sample["instance"].astype(np.int64), self.labels.stuff_classes)
+        feat = torch.from_numpy(scene_features(coord, sample["color"].astype(np.float64), normal))
+        out = {"coord": coord_t[keep], "grid": cells.grid_coord[keep], "feat": feat[keep],
+               "segment": torch.from_numpy(segment)[keep], "instance": torch.from_numpy(instance)[keep]}
+        if not self.train:  # full-resolution labels for scoring
+            out.update({"full_segment": torch.from_numpy(segment), "full_instance": torch.from_numpy(instance),
+                        "full_inverse": cells.inverse, "full_raw_instance": torch.from_numpy(
+                            sample["instance"].astype(np.int64))})
+        return out
+
+
+def collate_scenes(samples: list[dict[str, Tensor]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        if key.startswith("full_"):
+            out[key] = [s[key] for s in samples]
+        else:
+            out[key] = torch.cat([s[key] for s in samples])
+    out["batch"] = torch.cat([torch.full((s["coord"].shape[0],), i, dtype=torch.long) for i, s in enumerate(samples)])
+    return out
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+class UnpoolDecoder(nn.Module):
+    """Decoder probing: from the coarsest level down, parent = LN/GELU(Linear(skip) + Linear(coarse)[inverse])."""
+
+    def __init__(self, channels: tuple[int, ...], width: int) -> None:
+        super().__init__()
+        self.skip = nn.ModuleList(nn.Linear(c, width) for c in channels[:-1])
+        self.up = nn.ModuleList(nn.Linear(channels[-1] if i == len(channels) - 2 else width, width)
+                                for i in range(len(channels) - 1))
+        self.norm = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.GELU()) for _ in channels[:-1])
+        self.top = nn.Linear(channels[-1], width) if len(channels) == 1 else None
+
+    def forward(self, point: Point) -> Tensor:
+        if self.top is not None:
+            return self.top(point.feat)
+        feat = point.feat
+        for level in range(len(self.skip) - 1, -1, -1):
+            parent = point.parent
+            feat = self.norm[level](self.skip[level](parent.feat) + self.up[level](feat)[point.pooling_inverse])
+            point = parent
+        return feat
+
+
+def lovasz_softmax(probs: Tensor, labels: Tensor) -> Tensor:
+    """Lovasz-softmax (Berman et al. 2018): the Lovasz extension of the Jaccard loss, mean over present classes."""
+    losses = []
+    for c in torch.unique(labels).tolist():
+        fg = (labels == c).float()
+        errors = (fg - probs[:, c]).abs()
+        errors, order = torch.sort(errors, descending=True)
+        fg = fg[order]
+        gts = fg.sum()
+        intersection = gts - fg.cumsum(0)
+        union = gts + (1 - fg).cumsum(0)
+        jaccard = 1.0 - intersection / union
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(errors, grad))
+    return torch.stack(losses).mean() if losses else probs.sum() * 0.0
+
+
+def instance_centroid_offsets(coord: Tensor, instance: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
+    """Target offsets (instance centroid - x) and the mask of points that have an instance."""
+    valid = instance >= 0
+    target = torch.zeros_like(coord)
+    if valid.any():
+        key = batch[valid] * (int(instance.max()) + 1) + instance[valid]
+        ids, inverse = torch.unique(key, return_inverse=True)
+        sums = torch.zeros(ids.numel(), 3, dtype=coord.dtype, device=coord.device).index_add_(0, inverse, coord[valid])
+        counts = torch.bincount(inverse, minlength=ids.numel()).unsqueeze(1).to(coord.dtype)
+        target[valid] = (sums / counts)[inverse] - coord[valid]
+    return target, valid
+
+
+def pointgroup_offset_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """PointGroup: L1 summed over xyz, mean over points, plus -cos."""
+    if pred.shape[0] == 0:
+        return pred.sum() * 0.0
+    return (pred - target).abs().sum(1).mean() - F.cosine_similarity(pred, target, dim=1, eps=1e-8).mean()
+
+
+def cluster_proposals(shifted: Tensor, pred_class: Tensor, probs: Tensor, classes: tuple[int, ...], radius: float,
+                      max_neighbors: int, min_points: int, propose_points: int) -> tuple[list[Tensor], list[int],
+                                                                                          list[float]]:
+    """PointGroup clustering: BFS on shifted points within each predicted instance class."""
+    masks, labels, scores = [], [], []
+    for c in classes:
+        members = torch.nonzero(pred_class == c).squeeze(1)
+        if members.numel() < max(min_points, 1):
+            continue
+        comp = connected_components(shifted[members].float(), radius, k=min(max_neighbors, members.numel()),
+                                    min_size=min_points)
+        for k in range(int(comp.max()) + 1 if (comp >= 0).any() else 0):
+            idx = members[comp == k]
+            if idx.numel() <= propose_points:
+                continue
+            masks.append(idx)
+            labels.append(c)
+            scores.append(float(probs[idx, c].mean()))
+    return masks, labels, scores
+
+
+class SceneProbe(Method):
+    def __init__(self, config: Any, labels: SceneLabels) -> None:
+        super().__init__()
+        self.config, self.labels = config, labels
+        probe = config.probe
+        self.encoder = build_encoder(config.model)
+        channels = tuple(config.model.channels)
+        self.decoder = UnpoolDecoder(channels, probe.decoder_channels) if probe.mode == "decoder" else None
+        width = probe.decoder_channels if self.decoder is not None else sum(channels)
+        self.seg_head = nn.Linear(width, labels.num_classes)
+        self.offset_head = OffsetHead(width) if probe.task in ("insseg", "panoptic") else None
+        if probe.mode != "full":
+            for param in self.encoder.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SceneProbe:
+        super().train(mode)
+        if self.config.probe.mode != "full":
+            self.encoder.eval()  # frozen: no drop-path, no order shuffling
+        return self
+
+    def features(self, batch: dict[str, Tensor]) -> Tensor:
+        point = Point(coord=batch["coord"], grid_coord=batch["grid"], batch=batch["batch"], feat=batch["feat"])
+        frozen = self.config.probe.mode != "full"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            top = self.encoder(point)
+        if self.decoder is not None:
+            return self.decoder(top)
+        return up_cast(top, len(self.config.model.channels) - 1).feat
+
+    def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
+        feat = self.features(batch)
+        logits = self.seg_head(feat)
+        segment = batch["segment"]
+        labelled = segment >= 0
+        terms = {"ce": F.cross_entropy(logits[labelled], segment[labelled])}
+        if self.config.probe.lovasz:
+            terms["lovasz"] = lovasz_softmax(F.softmax(logits[labelled].float(), 1), segment[labelled])
+        if self.offset_head is not None:
+            target, valid = instance_centroid_offsets(batch["coord"], batch["instance"], batch["batch"])
+            terms["offset"] = pointgroup_offset_loss(self.offset_head(feat)[valid], target[valid])
+        return terms
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        feat = self.features(batch)
+        probs = F.softmax(self.seg_head(feat).float(), 1)
+        offsets = self.offset_head(feat).float() if self.offset_head is not None else None
+        probe, out = self.config.probe, {"scenes": []}
+        for scene, inverse in enumerate(batch["full_inverse"]):
+            sel = torch.nonzero(batch["batch"] == scene).squeeze(1)
+            p = probs[sel]
+            pred = p.argmax(1)
+            record = {"pred": pred[inverse].cpu().numpy(), "segment": batch["full_segment"][scene].cpu().numpy(),
+                      "instance": batch["full_instance"][scene].cpu().numpy()}
+            if offsets is not None:
+                shifted = batch["coord"][sel] + offsets[sel]
+                masks, labels, scores = cluster_proposals(
+                    shifted, pred, p, self.labels.instance_classes, probe.cluster_radius,
+                    probe.cluster_max_neighbors, probe.cluster_min_points, probe.propose_min_points)
+                cell_instance = torch.full((sel.numel(),), -1, dtype=torch.long, device=sel.device)
+                for k, idx in enumerate(masks):
+                    cell_instance[idx] = k
+                record.update({"pred_instance": cell_instance[inverse].cpu().numpy(),
+                               "pred_labels": np.array(labels, np.int64), "pred_scores": np.array(scores)})
+            out["scenes"].append(record)
+        return out
+
+    def validation_epoch_end(self, outputs: list[dict]) -> dict[str, float]:
+        scenes = [s for o in outputs for s in o["scenes"]]
+        return score_scenes(scenes, self.config.probe.task, self.labels, self.config.probe.min_region_size)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        groups = super().param_groups(weight_decay)
+        if self.config.probe.mode != "full":
+            return groups
+        split = []
+        for group in groups:  # the encoder trains at a smaller lr (Sonata: 0.1x for `block` params)
+            for is_encoder in (True, False):
+                pairs = [(p, n) for p, n in zip(group["params"], group["param_names"], strict=True)
+                         if n.startswith("encoder.") == is_encoder]
+                if pairs:
+                    split.append({**group, "params": [p for p, _ in pairs], "param_names": [n for _, n in pairs],
+                                  "lr_scale": self.config.backbone_lr_scale if is_encoder else 1.0})
+        return split
+
+    def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
+        return load_encoder(self, weights, source)
+
+
+def load_encoder(module: nn.Module, weights: dict[str, Tensor], source: str,
+                 extra_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Encoder (and `extra_prefixes`) tensors from a Sonata / PointINS run (teacher preferred) or a probe run."""
+    for prefix in ("teacher.", "student.", ""):
+        mapped = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix + "encoder.")
+                  or any(k.startswith(prefix + e) for e in extra_prefixes)}
+        if mapped:
+            break
+    own = module.state_dict()
+    wanted = [k for k in own if k.startswith("encoder.") or any(k.startswith(e) for e in extra_prefixes)]
+    matched = {k: v for k, v in mapped.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    missing = [k for k in wanted if k not in matched]
+    if missing:
+        raise InputError(f"{source}: does not fit the encoder of this preset ({len(missing)} tensors missing or "
+                         f"of another shape, e.g. {missing[0]}); check the model section")
+    module.load_state_dict(matched, strict=False)
+    return {"loaded": len(matched), "skipped": sorted(set(weights) - set(matched)), "missing": []}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_scenes(scenes: list[dict[str, np.ndarray]], task: str, labels: SceneLabels,
+                 min_region_size: int) -> dict[str, float]:
+    from pc3d.metrics.instance import instance_ap
+    from pc3d.metrics.panoptic import panoptic_metrics
+    from pc3d.metrics.semseg import semantic_confusion, semseg_metrics
+
+    confusion = sum(semantic_confusion(s["pred"], s["segment"], labels.num_classes, ignore_index=-1) for s in scenes)
+    result = {"miou": float(semseg_metrics(confusion)["miou"]), "oa": float(semseg_metrics(confusion)["oa"])}
+    if task == "insseg":
+        runs = []
+        for s in scenes:
+            k = len(s["pred_labels"])
+            masks = np.stack([s["pred_instance"] == i for i in range(k)]) if k else np.zeros((0, s["pred"].size), bool)
+            runs.append((s["segment"], s["instance"], masks, s["pred_labels"], s["pred_scores"]))
+        ap = instance_ap(runs, labels.instance_classes, min_region_size)
+        result.update({"ap": ap["ap"], "ap50": ap["ap50"], "ap25": ap["ap25"]})
+    if task == "panoptic":
+        samples = []
+        for s in scenes:
+            # stuff classes: one segment each (id 0); things: the clustered instances (no cluster: -1)
+            pred_inst = np.where(np.isin(s["pred"], labels.stuff_classes), 0,
+                                 np.where(s["pred_instance"] >= 0, s["pred_instance"] + 1, -1))
+            gt_inst = np.where(np.isin(s["segment"], labels.stuff_classes), 0,
+                               np.where(s["instance"] >= 0, s["instance"] + 1, -1))
+            gt_sem = np.where(s["segment"] >= 0, s["segment"] + 1, 0)  # 0 = unlabelled, ignored
+            samples.append((s["pred"] + 1, pred_inst, gt_sem, gt_inst))
+        pq = panoptic_metrics(samples, labels.num_classes + 1, ignore_classes=(0,),
+                              thing_classes=[c + 1 for c in labels.instance_classes], min_points=min_region_size)
+        result.update({"pq": pq["pq"], "sq": pq["sq"], "rq": pq["rq"]})
+    return {k: (float(v) if v is not None else float("nan")) for k, v in result.items()}
+
+
+# ----------------------------------------------------------------------------- unsupervised instances
+
+
+class PretrainedOffsets(nn.Module):
+    """Teacher encoder + offset head of a PointINS run: offsets for every grid-sampled point."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        from pc3d.models.ptv3 import expected_upcast_channels
+
+        self.levels = config.probe.up_cast_levels
+        self.encoder = build_encoder(config.model, teacher=True)
+        self.offset_head = OffsetHead(expected_upcast_channels(tuple(config.model.channels), self.levels))
+
+    @torch.no_grad()
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        point = Point(coord=batch["coord"], grid_coord=batch["grid"], batch=batch["batch"], feat=batch["feat"])
+        top = self.encoder(point)
+        head = up_cast(top, self.levels)
+        offsets = self.offset_head(head.feat)
+        depth = len(self.encoder.stages) - 1 - self.levels  # poolings between the input and the head level
+        return offsets[level_inverse(head, depth)] if depth else offsets
+
+
+def match_clusters(pred_instance: np.ndarray, gt_instance: np.ndarray) -> dict[str, float]:
+    """Hungarian matching of clusters to ground-truth instances by IoU: mean IoU over GT, matched share."""
+    from pc3d.ops.boxes import hungarian_match
+
+    gt_ids = np.unique(gt_instance[gt_instance >= 0])
+    pred_ids = np.unique(pred_instance[pred_instance >= 0])
+    if gt_ids.size == 0:
+        return {"miou": float("nan"), "recall50": float("nan")}
+    if pred_ids.size == 0:
+        return {"miou": 0.0, "recall50": 0.0}
+    gt_index = np.searchsorted(gt_ids, gt_instance)
+    pred_index = np.searchsorted(pred_ids, pred_instance)
+    both = (gt_instance >= 0) & (pred_instance >= 0)
+    inter = np.zeros((gt_ids.size, pred_ids.size))
+    np.add.at(inter, (gt_index[both], pred_index[both]), 1)
+    gt_size = np.bincount(gt_index[gt_instance >= 0], minlength=gt_ids.size)
+    pred_size = np.bincount(pred_index[pred_instance >= 0], minlength=pred_ids.size)
+    iou = inter / (gt_size[:, None] + pred_size[None, :] - inter)
+    rows, cols = hungarian_match(torch.from_numpy(-iou))
+    matched = np.zeros(gt_ids.size)
+    matched[rows.numpy()] = iou[rows.numpy(), cols.numpy()]
+    return {"miou": float(matched.mean()), "recall50": float((matched > 0.5).mean())}
+
+
+@torch.no_grad()
+def unsupervised_instances(config: Any, weights: dict[str, Tensor], source: str) -> dict[str, Any]:
+    """BFS clusters of offset-shifted points, scored against ground truth (Hungarian mIoU, class-agnostic AP)."""
+    from pc3d.metrics.instance import instance_ap
+
+    labels = scene_labels(config.data.dataset)
+    model = PretrainedOffsets(config)
+    report = load_encoder(model, weights, source, extra_prefixes=("offset_head.",))
+    model.eval()
+    dataset = ProbeScenes(load_scenes(config.data, config.run.seed, "val"), labels, config.model.grid_size,
+                          train=False, augment=False)
+    probe = config.probe
+    ious, recalls, runs = [], [], []
+    for i in range(len(dataset)):
+        batch = collate_scenes([dataset[i]])
+        shifted = batch["coord"] + model(batch)
+        neighbours = min(probe.cluster_max_neighbors, shifted.shape[0])
+        comp = connected_components(shifted, probe.cluster_radius, k=neighbours, min_size=probe.cluster_min_points)
+        inverse = batch["full_inverse"][0]
+        pred = comp[inverse].numpy()
+        gt = batch["full_instance"][0].numpy()
+        matched = match_clusters(pred, gt)
+        ious.append(matched["miou"])
+        recalls.append(matched["recall50"])
+        k = int(pred.max()) + 1 if (pred >= 0).any() else 0
+        masks = np.stack([pred == j for j in range(k)]) if k else np.zeros((0, pred.size), bool)
+        sizes = masks.sum(1).astype(np.float64)
+        # class-agnostic: every instance point is class 0, every cluster predicts class 0 scored by its size
+        runs.append((np.where(gt >= 0, 0, -1), gt, masks, np.zeros(k, np.int64), sizes / max(sizes.max(), 1)))
+    ap = instance_ap(runs, (0,), probe.min_region_size)
+    return {"unsup_miou": float(np.nanmean(ious)), "unsup_recall50": float(np.nanmean(recalls)),
+            "unsup_ap": ap["ap"], "unsup_ap50": ap["ap50"], "unsup_ap25": ap["ap25"], "scenes": len(dataset),
+            "encoder_tensors_loaded": report["loaded"]}
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def build(config: Any, rank: int) -> Any:
+    from pc3d.engine.trainer import TrainingSetup
+
+    labels = scene_labels(config.data.dataset)
+    method = SceneProbe(config, labels)
+    if config.weights:
+        from pc3d.engine.checkpoint import load_weights
+
+        method.load_pretrained(load_weights(config.weights), config.weights)
+    grid = config.model.grid_size
+    train = ProbeScenes(load_scenes(config.data, config.run.seed, "train"), labels, grid, train=True,
+                        augment=config.probe.augment, loop=config.data.loop)
+    val = ProbeScenes(load_scenes(config.data, config.run.seed, "val"), labels, grid, train=False, augment=False)
+    return TrainingSetup(method=method, train_set=train, val_set=val, collate_fn=collate_scenes)
+
+
+def run(request: Any) -> dict[str, Any]:
+    from dataclasses import replace
+
+    config = request.config
+    if request.init_from:  # --from: the encoder to probe
+        config = config.model_copy(update={"weights": request.init_from})
+        request = replace(request, config=config, init_from=None)
+    if config.probe.task == "unsup-insseg":
+        return run_unsupervised(config)
+    if config.probe.mode != "full" and not config.weights:
+        from pc3d import console as con
+
+        con.info("probing a randomly initialised encoder (no --from / weights given)")
+    from pc3d.engine.trainer import fit
+
+    return fit(request, build)
+
+
+def run_unsupervised(config: Any) -> dict[str, Any]:
+    from pc3d.engine.checkpoint import load_weights
+    from pc3d.io.atomic import write_text_atomic
+    from pc3d.runs import RunDir
+
+    if not config.weights:
+        raise InputError("unsup-insseg needs a PointINS checkpoint (--from or weights)")
+    torch.manual_seed(config.run.seed)
+    metrics = unsupervised_instances(config, load_weights(config.weights), config.weights)
+    run_dir = RunDir.create(config.run.out, config.run.name or "unsup-insseg")
+    run_dir.save_config(config.model_dump(mode="json"))
+    write_text_atomic(run_dir.path / "test_metrics.json", json.dumps({**metrics, "weights": config.weights}, indent=2))
+    return {**metrics, "run_dir": str(run_dir.path)}

@@ -1,0 +1,421 @@
+"""Zero-shot LiDAR segmentation (Affinity3D stage 2): SPVCNN trained on seen GT + Affinity3D pseudo-labels.
+
+Training step (2DPASS's recipe, spec §5):
+  logits     = s * normalise(P(f_3d)) . EMB^T  (text-embedding classifier; EMB = CLIP prompt ensembles)
+  L_main     = CE(class weights, ignore 0) + Lovasz-softmax on seen GT u pseudo labels
+  MSFSKD     for the 4 encoder scales s: L_3d,s on H3_s(f_s); on the *visible* points only, gated fusion of
+               f_s with the ResNet-FCN image feature, L_2d,s on H_fuse,s and L_xm,s = KL(H_fuse,s || H3_s)
+               (fused side detached); a 2-D classifier on the 4 fused features. The 2-D branch is training-only.
+Evaluation: mIoU seen / unseen / all and hIoU (pc3d.metrics.zeroshot_metrics), optional flip TTA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pc3d import console as con
+from pc3d.data.readers.semantickitti import (
+    CLASS_NAMES,
+    IGNORE,
+    NUM_CLASSES,
+    UNSEEN_CLASSES,
+    SemanticKITTI,
+    class_weights,
+    map_labels,
+)
+from pc3d.engine.method import Method, StepState
+from pc3d.errors import InputError
+from pc3d.io.atomic import write_text_atomic
+
+# ------------------------------------------------------------------------------------------ losses
+
+
+def lovasz_grad(gt_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted in decreasing order."""
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if gt_sorted.numel() > 1:
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    return jaccard
+
+
+def lovasz_softmax(probas: Tensor, labels: Tensor, ignore: int | None = IGNORE) -> Tensor:
+    """Lovasz-softmax (Berman et al. 2018) over classes present in `labels`: probas (P, C), labels (P,)."""
+    if ignore is not None:
+        keep = labels != ignore
+        probas, labels = probas[keep], labels[keep]
+    if labels.numel() == 0:
+        return probas.sum() * 0.0
+    losses = []
+    for c in torch.unique(labels).tolist():
+        fg = (labels == c).to(probas.dtype)
+        errors = (fg - probas[:, c]).abs()
+        errors_sorted, order = torch.sort(errors, descending=True)
+        losses.append(torch.dot(errors_sorted, lovasz_grad(fg[order])))
+    return torch.stack(losses).mean()
+
+
+def seg_loss(logits: Tensor, labels: Tensor, weights: Tensor | None, lovasz_weight: float = 1.0) -> Tensor:
+    """CE (class weights, ignore 0) + Lovasz-softmax, 2DPASS's `seg_loss`."""
+    if not bool((labels != IGNORE).any()):
+        return logits.sum() * 0.0
+    ce = F.cross_entropy(logits, labels, weight=weights, ignore_index=IGNORE)
+    return ce + lovasz_weight * lovasz_softmax(F.softmax(logits, dim=1), labels)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+class SegFrames(torch.utils.data.Dataset):
+    """Frames for training (labels = pseudo-label files, or GZS seen labels) or evaluation (labels = all GT)."""
+
+    def __init__(self, kitti: SemanticKITTI, pseudo_root: Path | None, train: bool, augment: bool,
+                 crop: tuple[int, int] | None, seed: int = 0) -> None:
+        self.kitti, self.pseudo_root, self.train = kitti, pseudo_root, train
+        self.augment, self.crop, self.seed = augment and train, crop, seed
+        self.epoch_draws = 0
+
+    def __len__(self) -> int:
+        return len(self.kitti)
+
+    def labels_of(self, index: int, sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self.train:
+            return sample["gt"], None
+        if self.pseudo_root is None:
+            return sample["labels"], None
+        from pc3d.io.kitti import read_kitti_label
+
+        ref = self.kitti.frames[index]
+        folder = self.pseudo_root / "sequences" / ref.sequence
+        path = folder / "labels" / f"{ref.frame}.label"
+        if not path.is_file():
+            raise InputError(f"{path}: missing pseudo-label file (run `pc3d pseudolabel` on sequence {ref.sequence})")
+        raw, _ = read_kitti_label(path, num_points=len(sample["points"]))
+        visibility = folder / "visibility" / f"{ref.frame}.npy"
+        visible = np.load(visibility) if visibility.is_file() else None
+        return map_labels(raw), visible
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.kitti[index]
+        labels, visible = self.labels_of(index, sample)
+        n = len(sample["points"])
+        in_image = np.zeros(n, dtype=bool)
+        in_image[sample["fov_index"]] = True
+        visible = in_image if visible is None else (visible & in_image)
+        rng = np.random.default_rng([self.seed, index, torch.initial_seed() % (2**31)]) if self.augment else None
+        image = sample["image"]
+        height, width = image.shape[:2]
+        pix = np.zeros((n, 2), dtype=np.int64)
+        pix[sample["fov_index"]] = np.stack([sample["fov_uv"][:, 1], sample["fov_uv"][:, 0]], 1).astype(np.int64)
+        pix = np.clip(pix, 0, [height - 1, width - 1])
+        top, left = 0, 0
+        if self.train and self.crop is not None:  # random bottom crop (2DPASS), whole image when smaller
+            ch, cw = min(self.crop[0], height), min(self.crop[1], width)
+            top = height - ch
+            left = int(rng.integers(0, width - cw + 1)) if rng is not None else (width - cw) // 2
+            image = image[top:top + ch, left:left + cw]
+            inside = (pix[:, 0] >= top) & (pix[:, 1] >= left) & (pix[:, 1] < left + cw)
+            visible &= inside
+            pix = pix - [top, left]
+        if rng is not None and rng.random() < 0.5:  # horizontal image flip
+            image = image[:, ::-1]
+            pix[:, 1] = image.shape[1] - 1 - pix[:, 1]
+        xyz = sample["points"].astype(np.float32).copy()
+        if rng is not None:  # 3-D augmentation after projection (2DPASS)
+            angle = rng.uniform(0, 2 * np.pi)
+            c, s = np.cos(angle), np.sin(angle)
+            xyz[:, :2] = xyz[:, :2] @ np.array([[c, s], [-s, c]], dtype=np.float32)
+            flip = rng.integers(0, 4)
+            if flip in (1, 3):
+                xyz[:, 0] = -xyz[:, 0]
+            if flip in (2, 3):
+                xyz[:, 1] = -xyz[:, 1]
+            xyz[:, :2] *= rng.uniform(0.95, 1.05)
+            xyz += rng.normal(0, 0.1, 3).astype(np.float32)
+        image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        return {"xyz": torch.from_numpy(xyz), "intensity": torch.from_numpy(sample["intensity"]),
+                "labels": torch.from_numpy(labels.astype(np.int64)), "visible": torch.from_numpy(visible),
+                "pixels": torch.from_numpy(pix), "image": (image_t - IMAGENET_MEAN) / IMAGENET_STD}
+
+
+def collate_frames(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Concatenate points (with a batch index); images are padded to the largest size of the batch."""
+    out = {key: torch.cat([s[key] for s in samples]) for key in ("xyz", "intensity", "labels", "visible", "pixels")}
+    out["batch"] = torch.cat([torch.full((len(s["xyz"]),), i, dtype=torch.long) for i, s in enumerate(samples)])
+    height = max(s["image"].shape[1] for s in samples)
+    width = max(s["image"].shape[2] for s in samples)
+    images = torch.zeros(len(samples), 3, height, width)
+    for i, s in enumerate(samples):
+        images[i, :, : s["image"].shape[1], : s["image"].shape[2]] = s["image"]
+    out["image"] = images
+    return out
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def _head(cin: int, hidden: int, classes: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, classes))
+
+
+class ZeroShotSeg(Method):
+    """SPVCNN + text-embedding classifier, with the MSFSKD 2-D branch during training."""
+
+    def __init__(self, config: Any, text_embeddings: Tensor | None, weights: np.ndarray) -> None:
+        super().__init__()
+        from pc3d.models.fcn2d import ResNetFCN
+        from pc3d.models.spvcnn import SPVCNN
+
+        cfg = config.model
+        self.config = config
+        self.backbone = SPVCNN(4, cfg.channels, cfg.voxel_size, cfg.dropout)
+        width = self.backbone.out_channels
+        if text_embeddings is not None:  # logits over classes 0..19; class 0 is never a target (ignored)
+            self.register_buffer("text", F.normalize(text_embeddings.float(), dim=1))
+            self.project = nn.Linear(width, text_embeddings.shape[1])
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        else:
+            self.text = None
+            self.classifier = nn.Linear(width, NUM_CLASSES)
+        self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32))
+        img = config.image
+        self.use_2d = img.enabled
+        if self.use_2d:
+            hidden = img.hidden
+            self.image_encoder = ResNetFCN(img.widths, img.blocks, hidden)
+            scale_channels = self.backbone.scale_channels
+            self.point_proj = nn.ModuleList([nn.Linear(c, hidden) for c in scale_channels])
+            self.heads_3d = nn.ModuleList([_head(hidden, 128, NUM_CLASSES) for _ in range(4)])
+            self.learner = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(4)])
+            self.fuse = nn.ModuleList([nn.Linear(2 * hidden, hidden) for _ in range(4)])
+            self.gate = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(4)])
+            self.heads_fuse = nn.ModuleList([_head(hidden, 128, NUM_CLASSES) for _ in range(4)])
+            self.classifier_2d = _head(4 * hidden, 128, NUM_CLASSES)
+
+    def logits(self, features: Tensor) -> Tensor:
+        if self.text is None:
+            return self.classifier(features)
+        projected = F.normalize(self.project(features), dim=1)
+        return self.logit_scale.exp().clamp_max(100) * projected @ self.text.t()
+
+    def forward_points(self, batch: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        feats = torch.cat([batch["xyz"], batch["intensity"].unsqueeze(1)], dim=1)
+        point_feats, scales = self.backbone(batch["xyz"], batch["batch"], feats)
+        return self.logits(point_feats), scales
+
+    def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
+        labels, weights = batch["labels"], self.class_weights
+        lovasz = self.config.lovasz_weight
+        logits, scales = self.forward_points(batch)
+        terms = {"seg_3d": seg_loss(logits, labels, weights, lovasz)}
+        if not self.use_2d:
+            return terms
+        from pc3d.models.fcn2d import sample
+
+        img_cfg = self.config.image
+        maps = self.image_encoder(batch["image"])
+        visible = batch["visible"]
+        vis_labels = labels[visible]
+        image_size = tuple(batch["image"].shape[-2:])
+        loss_3d, loss_2d, loss_xm, fused_all = 0.0, 0.0, 0.0, []
+        for s in range(4):
+            f_p = self.point_proj[s](scales[s])
+            loss_3d = loss_3d + seg_loss(self.heads_3d[s](f_p), labels, weights, lovasz)
+            f_vis = f_p[visible]
+            f_img = sample(maps[s], batch["pixels"][visible], batch["batch"][visible], image_size)
+            learned = F.relu(self.learner[s](f_vis))
+            c = self.fuse[s](torch.cat([f_img, learned], dim=1))
+            fused = F.relu(c * torch.sigmoid(self.gate[s](c)))
+            fused_all.append(fused)
+            fuse_logits = self.heads_fuse[s](fused)
+            loss_2d = loss_2d + seg_loss(fuse_logits, vis_labels, weights, lovasz)
+            point_logits = self.heads_3d[s](f_vis)
+            known = vis_labels != IGNORE  # distil only where the point has a (seen or pseudo) label
+            if bool(known.any()):
+                loss_xm = loss_xm + F.kl_div(F.log_softmax(point_logits[known], dim=1),
+                                             F.softmax(fuse_logits[known], dim=1).detach(),
+                                             reduction="none").mean()  # 2DPASS's 'mean' over all elements
+        terms["seg_3d_scales"] = loss_3d / 4
+        terms["seg_2d"] = img_cfg.lambda_seg2d / 4 * loss_2d
+        terms["xm"] = img_cfg.lambda_xm / 4 * (loss_xm if isinstance(loss_xm, Tensor) else logits.sum() * 0)
+        terms["seg_2d_cls"] = seg_loss(self.classifier_2d(torch.cat(fused_all, dim=1)), vis_labels, weights, lovasz)
+        return terms
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Tensor], tta: int = 0) -> Tensor:
+        """Per-point class (1..19): argmax of the summed softmax over the identity and up to `tta` flips."""
+        probs = F.softmax(self.forward_points(batch)[0], dim=1)
+        flips = [(-1.0, 1.0), (1.0, -1.0), (-1.0, -1.0)]
+        for k in range(tta):
+            sx, sy = flips[k % 3]
+            angle = 2 * math.pi * (k // 3) / max(1, (tta + 2) // 3)
+            rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]],
+                               device=batch["xyz"].device)
+            xyz = batch["xyz"].clone()
+            xyz[:, :2] = (xyz[:, :2] @ rot.t()) * torch.tensor([sx, sy], device=xyz.device)
+            probs = probs + F.softmax(self.forward_points({**batch, "xyz": xyz})[0], dim=1)
+        probs[:, IGNORE] = -1
+        return probs.argmax(dim=1)
+
+    def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        from pc3d.metrics import semantic_confusion
+
+        pred = self.predict(batch).cpu().numpy()
+        confusion = semantic_confusion(pred, batch["labels"].cpu().numpy(), NUM_CLASSES)
+        return {"confusion": torch.from_numpy(confusion)}
+
+    def validation_epoch_end(self, outputs: list[dict]) -> dict[str, float]:
+        confusion = sum(o["confusion"] for o in outputs).numpy()
+        return summarise(confusion, self.config.eval_convention)
+
+
+def summarise(confusion: np.ndarray, convention: str) -> dict[str, float]:
+    from pc3d.metrics import zeroshot_metrics
+
+    metrics = zeroshot_metrics(confusion, UNSEEN_CLASSES, [IGNORE], convention)
+    return {"miou": metrics["miou"], "seen_miou": metrics["seen_miou"], "unseen_miou": metrics["unseen_miou"],
+            "hiou": metrics["hiou"], "oa": metrics["oa"]}
+
+
+# ------------------------------------------------------------------------------------------ build / run
+
+
+def data_folder(config: Any) -> Path:
+    """Stable folder for generated synthetic frames and pseudo-labels: <run.out>/<run.name>-data/."""
+    return Path(config.run.out) / f"{config.run.name or 'affinity3d-seg'}-data"
+
+
+def _kitti(config: Any, sequences: list[str], train: bool) -> SemanticKITTI:
+    from pc3d.methods.affinity3d import synthetic_root
+
+    data = config.data
+    # synthetic frames are generated once, where the pseudo-labeller of `run` writes them
+    root = Path(data.root) if data.source == "folder" else synthetic_root(config, pseudo_folder(config) / "synthetic")
+    setting = "gzs" if train else "full"
+    return SemanticKITTI(root, sequences, setting, with_image=True, max_frames=data.max_frames)
+
+
+def _sequences(config: Any) -> tuple[list[str], list[str]]:
+    data = config.data
+    if data.source == "folder":
+        return data.sequences, data.val_sequences
+    count = -(-data.synthetic_count // 10)
+    if count < 2:
+        raise InputError("data.synthetic_count must give at least 2 sequences (>= 11 frames): one to train, one "
+                         "to evaluate")
+    seqs = [f"{s:02d}" for s in range(count)]
+    return seqs[:-1], seqs[-1:]
+
+
+def pseudo_folder(config: Any) -> Path:
+    return data_folder(config) / "pseudo"
+
+
+def pseudo_root(config: Any) -> Path | None:
+    if config.data.pseudo_labels:
+        return Path(config.data.pseudo_labels)
+    if config.data.source == "synthetic":
+        return pseudo_folder(config)
+    return None
+
+
+def text_embeddings(config: Any) -> Tensor | None:
+    if not config.model.text_classifier:
+        return None
+    from pc3d.foundation.clip import ClipEncoder, build_tiny_random_clip, tiny_random_cached
+
+    if config.build_tiny_random and not tiny_random_cached(config.clip_model):
+        build_tiny_random_clip(config.clip_model)
+    encoder = ClipEncoder(config.clip_model)
+    return encoder.encode_text(list(CLASS_NAMES)).cpu()
+
+
+def _label_counts(dataset: SegFrames) -> np.ndarray:
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for i in range(len(dataset)):
+        sample = dataset.kitti[i]
+        counts += np.bincount(dataset.labels_of(i, sample)[0], minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return counts
+
+
+def build(config: Any, rank: int) -> Any:
+    from pc3d.engine.trainer import TrainingSetup
+
+    train_seqs, val_seqs = _sequences(config)
+    crop = tuple(config.image.crop) if config.image.crop else None
+    train = SegFrames(_kitti(config, train_seqs, True), pseudo_root(config), True, config.data.augment, crop,
+                      config.run.seed)
+    val = SegFrames(_kitti(config, val_seqs, False), None, False, False, None)
+    weights = class_weights(_label_counts(train))
+    method = ZeroShotSeg(config, text_embeddings(config), weights)
+    return TrainingSetup(method, train, val, collate_frames)
+
+
+def _make_pseudo_labels(config: Any) -> None:
+    """Synthetic runs without pseudo-labels: run the `pseudo_preset` pipeline on the same frames first."""
+    from pc3d.config import load_preset, validate_preset
+    from pc3d.methods.affinity3d import pseudolabel
+
+    data = config.data
+    preset = load_preset(data.pseudo_preset)
+    preset["command"] = "pseudolabel"
+    preset.setdefault("data", {}).update({"source": "synthetic", "setting": "gzs", "synthetic_count":
+                                          data.synthetic_count, "synthetic_rays": data.synthetic_rays,
+                                          "synthetic_image": list(data.synthetic_image), "max_frames": None})
+    folder = pseudo_folder(config)
+    preset["run"] = {"out": str(folder.parent), "name": folder.name, "seed": config.run.seed}
+    summary = pseudolabel(validate_preset(preset, data.pseudo_preset))
+    accuracy = summary["pseudo_label"].get("accuracy", float("nan"))
+    con.info(f"pseudo-labels ({data.pseudo_preset}): accuracy {accuracy:.3f}")
+
+
+def evaluate(method: ZeroShotSeg, dataset: SegFrames, tta: int, convention: str) -> dict[str, Any]:
+    from pc3d.metrics import semantic_confusion
+
+    method.eval()
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    device = next(method.parameters()).device
+    for i in con.track(range(len(dataset)), total=len(dataset), description="evaluate"):
+        batch = {k: v.to(device) for k, v in collate_frames([dataset[i]]).items()}
+        pred = method.predict(batch, tta).cpu().numpy()
+        confusion += semantic_confusion(pred, batch["labels"].cpu().numpy(), NUM_CLASSES)
+    return {**summarise(confusion, convention), "confusion": confusion.tolist()}
+
+
+def run(request: Any) -> dict[str, Any]:
+    """`pc3d finetune affinity3d-semantickitti`: (synthetic: pseudo-label first), train, evaluate with TTA."""
+    from pc3d.engine.checkpoint import load_weights
+    from pc3d.engine.trainer import fit
+
+    config = request.config
+    if not config.run.name:
+        config = config.model_copy(update={"run": config.run.model_copy(update={"name": "affinity3d-seg"})})
+        request = replace(request, config=config)
+    if config.data.source == "synthetic" and not config.data.pseudo_labels:
+        root = pseudo_folder(config)
+        _make_pseudo_labels(config)
+        if not (root / "sequences").is_dir():
+            raise InputError(f"{root}: pseudo-labelling wrote no labels")
+    result = fit(request, build)
+    setup = build(config, 0)
+    method = setup.method
+    checkpoint = (result.get("checkpoints") or {}).get("best") or result["checkpoints"]["last"]
+    method.load_state_dict(load_weights(str(checkpoint)), strict=False)
+    scores = evaluate(method, setup.val_set, config.tta, config.eval_convention)
+    write_text_atomic(Path(result["run_dir"]) / "eval_metrics.json", json.dumps(scores, indent=2))
+    result["eval"] = {k: v for k, v in scores.items() if k != "confusion"}
+    return result
