@@ -30,23 +30,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed_steps(method, batches, device, steps: int) -> list[float]:
+def timed_steps(methods, batches, device, steps: int) -> list[list[float]]:
+    """Step times of each method, the methods taking turns step by step, so that load from other processes
+    on a shared machine falls on all of them alike (running them one after the other biases the ratio)."""
     from pc3d.engine.method import StepState, total_loss
 
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
-    times = []
-    for i in range(steps):
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for m in methods]
+    times: list[list[float]] = [[] for _ in methods]
+    for i in range(steps + 1):  # step 0 of each pays one-off set-up and is not counted
         batch = batches[i % len(batches)]
-        torch.manual_seed(i)
-        sync(device)
-        tic = time.perf_counter()
-        terms = method.training_step(batch, StepState(i, 0, 100, 0.5, 1e-4))  # progress 0.5: offset loss on
-        total_loss(terms).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        times.append(time.perf_counter() - tic)
-    return times[1:] if len(times) > 1 else times  # the first step pays one-off set-up
+        for method, optimizer, record in zip(methods, optimizers, times, strict=True):
+            torch.manual_seed(i)
+            sync(device)
+            tic = time.perf_counter()
+            terms = method.training_step(batch, StepState(i, 0, 100, 0.5, 1e-4))  # progress 0.5: offset loss on
+            total_loss(terms).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync(device)
+            if i:
+                record.append(time.perf_counter() - tic)
+    return times
 
 
 def main() -> None:
@@ -60,7 +64,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=4000, help="points per synthetic scene")
     parser.add_argument("--grid", type=float, default=0.1)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -77,8 +81,7 @@ def main() -> None:
     base = Sonata(sonata_cfg).to(device)
     torch.manual_seed(0)
     full = PointINS(pointins_cfg).to(device)
-    base_times = timed_steps(base, batches, device, args.steps)
-    full_times = timed_steps(full, batches, device, args.steps)
+    base_times, full_times = timed_steps([base, full], batches, device, args.steps)
     b, f = statistics.median(base_times), statistics.median(full_times)
 
     # ODR and SCR alone on the teacher's head-level points of one batch

@@ -14,9 +14,9 @@ _pc3d() {
     'data synth') opts='--count -n --seed --points --preview --no-preview --json --quiet -q --verbose -v --help -h'; args='objects scenes lidar';;
     'detect '*) opts='--checkpoint -c --threshold --preset -p --set -s --out -o --seed --device --json --quiet -q --verbose -v --help -h'; args='';;
     'eval '*) opts='--pred --gt --num-classes --ignore-index --class-names --convention --unseen --instance-classes --min-region-size --thing-classes --ignore-classes --min-points --category --num-parts --kitti-remap --no-kitti-remap --json --quiet -q --verbose -v --help -h'; args='';;
-    'finetune '*) opts='--from --data --category --preset -p --set -s --out -o --seed --device --gpus --nproc --resume --push-to-hub --json --quiet -q --verbose -v --help -h'; args='affinity3d-semantickitti cls-modelnet40 cls-scanobjectnn cls-synthetic det-scannet det-sunrgbd fewshot-modelnet40 partseg-shapenetpart partstad-fewshot probe-scannet semseg-s3dis spvcnn-kitti svm-modelnet40';;
-    'pretrain '*) opts='--data --preset -p --set -s --out -o --seed --device --gpus --nproc --resume --from --push-to-hub --json --quiet -q --verbose -v --help -h'; args='geomask3d point-mae point-mode pointins sonata';;
-    'pseudolabel '*) opts='--data --preset -p --set -s --out -o --seed --device --json --quiet -q --verbose -v --help -h'; args='affinity3d affinity3d-kitti';;
+    'finetune '*) opts='--from --data --category --preset -p --set -s --out -o --seed --device --gpus --nproc --resume --push-to-hub --json --quiet -q --verbose -v --help -h'; args='affinity3d-semantickitti cls-modelnet40 cls-scanobjectnn cls-synthetic det-scannet det-sunrgbd fewshot-modelnet40 partseg-shapenetpart partstad-fewshot probe-scannet semseg-s3dis svm-modelnet40';;
+    'pretrain '*) opts='--data --preset -p --set -s --out -o --seed --device --gpus --nproc --resume --from --push-to-hub --json --quiet -q --verbose -v --help -h'; args='geomask3d point-mae point-mode sonata';;
+    'pseudolabel '*) opts='--data --preset -p --set -s --out -o --seed --device --json --quiet -q --verbose -v --help -h'; args='affinity3d';;
     'segment '*) opts='--parts --category --weights --checkpoint -c --instances --preset -p --set -s --out -o --seed --device --json --quiet -q --verbose -v --help -h'; args='';;
     'data '*) [[ $COMP_CWORD -eq 2 ]] && { COMPREPLY=($(compgen -W 'synth' -- "$cur")); return; };;
   esac

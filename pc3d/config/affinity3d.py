@@ -47,11 +47,18 @@ class FeatureConfig(StrictModel):
     min_crop: int = Field(30, ge=1, description="crops are enlarged to at least this many pixels per side")
     batch_size: int = Field(64, ge=1, description="crops per CLIP forward pass")
     oracle_radius: int = Field(2, ge=0, description="oracle: splat radius (px) of the rendered label image")
+    noise: float = Field(0.0, ge=0, le=1, description="oracle: chance that a crop's text-aligned embedding names "
+                                                      "a wrong class (a wrong CLIP label; seeded by run.seed)")
+    oracle_text_weight: float = Field(0.5, gt=0, description="oracle: weight of the text-aligned block against the "
+                                                             "appearance block of a crop feature (modality gap)")
 
 
 class AffinityConfig(StrictModel):
     enabled: bool = True
-    scale: float = Field(100.0, gt=0, description="s_a of W = row-softmax(s_a F F^T)")
+    # s_a is not given by the paper. W includes each node's self-similarity (1), so a neighbour at cosine c weighs
+    # exp(beta s_a (c - 1)) against the node itself: with s_a = 100 only near-duplicates (c > ~0.97) count and the
+    # walk is the identity; 5 is what the noisy-oracle study (scripts/study_affinity3d.py) picks
+    scale: float = Field(5.0, gt=0, description="s_a of W = row-softmax(s_a F F^T)")
     beta: float = Field(2.0, gt=0, description="element-wise power of W")
     queue: int = Field(16, ge=0, description="recent frames whose superpoints join the graph")
 

@@ -17,17 +17,7 @@ SCHEMAS: dict[str, type[PresetBase]] = {}
 
 # preset/method names a command may be asked for before its issue lands -> (command, what is missing)
 PLANNED: dict[str, tuple[str, str]] = {
-    "point-mode": ("pretrain", "Point-MoDE block-to-scene pretraining (issue 7)"),
-    "det-scannet": ("finetune", "Point-MoDE detection finetuning (issue 7)"),
-    "det-sunrgbd": ("finetune", "Point-MoDE detection finetuning (issue 7)"),
-    "pointins": ("pretrain", "PointINS pretraining (issue 8)"),
-    "sonata": ("pretrain", "Sonata-style scene SSL (issue 8)"),
-    "probe-scannet": ("finetune", "PointINS semantic/instance/panoptic probing (issue 8)"),
-    "affinity3d": ("pseudolabel", "Affinity3D pseudo-labelling (issue 9)"),
-    "affinity3d-kitti": ("pseudolabel", "Affinity3D pseudo-labelling (issue 9)"),
-    "spvcnn-kitti": ("finetune", "Affinity3D SPVCNN training (issue 9)"),
-    "partstad": ("segment", "PartSTAD part segmentation (issue 10)"),
-    "partstad-fewshot": ("finetune", "PartSTAD few-shot adaptation (issue 10)"),
+    "det-sunrgbd": ("finetune", "SUN RGB-D detection finetuning: the reader exists, the task preset does not (issue 7)"),
 }
 
 

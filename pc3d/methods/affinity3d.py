@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,22 +279,36 @@ class ClipFeatures:
 
 class OracleFeatures:
     """Ground-truth class embeddings of what the camera sees: the frame's labelled points are rendered into a
-    z-buffered label image; a crop's feature is its normalised class histogram (one-hot class embeddings), so
-    crops mixing several objects give mixed features, as real crops do."""
+    z-buffered label image; a crop's content is its normalised class histogram h, so crops mixing several objects
+    give mixed features, as real crops do.
 
-    def __init__(self, radius: int = 2, logit_scale: float | None = None) -> None:
+    A crop feature has two blocks, F = normalise([w h_text, h]): the text-aligned block (what the class
+    embeddings [e_c, 0] read, w = `text_weight`) and the appearance block (what only image-image similarity sees).
+    This models CLIP's modality gap: zero-shot crop labels are noisy while crops of one class still look alike.
+    With probability `noise` a crop's text block is replaced by a wrong class's embedding (uniform over the other
+    candidate classes; seeded per frame), i.e. its CLIP label is wrong but its appearance is not. If the noise hit
+    both blocks, F would sit on the wrong class's prototype and no similarity graph could correct it."""
+
+    def __init__(self, radius: int = 2, logit_scale: float | None = None, noise: float = 0.0,
+                 text_weight: float = 0.5, seed: int = 0) -> None:
         self.radius = radius
         self.logit_scale = logit_scale or 100.0
+        self.noise, self.text_weight, self.seed = noise, text_weight, seed
         self.seconds = 0.0
         self._labels: np.ndarray | None = None
+        self._classes: list[int] = list(range(1, NUM_CLASSES))
+        self._rng = np.random.default_rng(seed)
 
     def class_embeddings(self, classes: list[int]) -> Tensor:
-        return torch.eye(NUM_CLASSES)[classes]
+        self._classes = list(classes)  # the wrong labels are drawn among these
+        return torch.cat([torch.eye(NUM_CLASSES)[classes], torch.zeros(len(classes), NUM_CLASSES)], dim=1)
 
     def begin_frame(self, sample: dict[str, Any]) -> None:
         if "gt" not in sample:
             raise InputError(f"oracle features need ground-truth labels (sequence {sample['sequence']} frame "
                              f"{sample['frame']} has none)")
+        # one stream per frame: the same frame gets the same noise whatever ran before it (resume, ablations)
+        self._rng = np.random.default_rng([self.seed, zlib.crc32(f"{sample['sequence']}/{sample['frame']}".encode())])
         height, width = sample["image"].shape[:2]
         k, extrinsics = camera_from_projection(sample["proj"])
         ahead = np.flatnonzero(sample["points"][:, 0] > 0)
@@ -305,17 +320,27 @@ class OracleFeatures:
 
     def crop_features(self, image: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> Tensor:
         tic = time.perf_counter()
-        feats = []
-        for t, l, b, r in boxes:
+        content = np.zeros((len(boxes), NUM_CLASSES))
+        for i, (t, l, b, r) in enumerate(boxes):
             hist = np.bincount(self._labels[t:b, l:r].reshape(-1), minlength=NUM_CLASSES).astype(np.float64)
             hist[IGNORE] = 0
-            feats.append(hist / max(np.linalg.norm(hist), 1e-12))
+            content[i] = hist / max(np.linalg.norm(hist), 1e-12)
+        text = content.copy()
+        # draw for every crop so that the noise of crop i does not depend on the noise level's other draws
+        flip, pick = self._rng.random(len(boxes)) < self.noise, self._rng.random(len(boxes))
+        for i in np.flatnonzero(flip):
+            wrong = [c for c in self._classes if c != int(content[i].argmax())]
+            if wrong and content[i].any():
+                text[i] = np.eye(NUM_CLASSES)[wrong[int(pick[i] * len(wrong))]]
+        feats = np.concatenate([self.text_weight * text, content], axis=1)
+        feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         self.seconds += time.perf_counter() - tic
-        return torch.tensor(np.array(feats), dtype=torch.float32).reshape(len(boxes), NUM_CLASSES)
+        return torch.tensor(feats, dtype=torch.float32).reshape(len(boxes), 2 * NUM_CLASSES)
 
     def pixel_features(self, image: np.ndarray, pixels: np.ndarray) -> Tensor:
         labels = torch.from_numpy(self._labels[pixels[:, 0], pixels[:, 1]])
-        return F.one_hot(labels, NUM_CLASSES).float()
+        onehot = F.one_hot(labels, NUM_CLASSES).float()
+        return torch.cat([onehot, onehot], dim=1) / np.sqrt(2.0)
 
 
 # ------------------------------------------------------------------------------------------ the labeller
@@ -437,7 +462,8 @@ class PseudoLabeler:
 def build_source(config: Any, device: torch.device) -> FeatureSource:
     fcfg = config.features
     if fcfg.source == "oracle":
-        return OracleFeatures(fcfg.oracle_radius, fcfg.logit_scale)
+        return OracleFeatures(fcfg.oracle_radius, fcfg.logit_scale, fcfg.noise, fcfg.oracle_text_weight,
+                              config.run.seed)
     if fcfg.build_tiny_random:
         from pc3d.foundation.clip import build_tiny_random_clip, tiny_random_cached
 
@@ -583,6 +609,23 @@ def pseudolabel(config: Any, device: torch.device | None = None) -> dict[str, An
     summary["pseudo_label"] = accuracy.summary()
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def score_pseudo_labels(config: Any, dataset: SemanticKITTI) -> dict[str, Any]:
+    """Pseudo-label accuracy of `config` on every frame of `dataset` in memory (no files): for ablation studies
+    that share one set of frames. Frames run in order, so the queue fills as in `pseudolabel`."""
+    labeler = PseudoLabeler(config, build_source(config, _device(config.run.device)))
+    accuracy = Accuracy(config.data.setting)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if "gt" not in sample:
+            raise InputError(f"{dataset.label_path(dataset.frames[i])}: scoring pseudo-labels needs ground truth")
+        if labeler.sequence != sample["sequence"]:
+            labeler.remember(sample["sequence"], np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32))
+        result = labeler(sample)
+        labeler.remember(sample["sequence"], result.features, result.scores)
+        accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample))
+    return accuracy.summary()
 
 
 def _add_finished(accuracy: Accuracy, dataset: SemanticKITTI, index: int, paths: dict[str, Path]) -> None:
