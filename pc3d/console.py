@@ -46,11 +46,8 @@ def progress_enabled() -> bool:
     return not _state["quiet"] and sys.stderr.isatty()
 
 
-def track(iterable: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
-    """Iterate with a rich progress bar (ETA) when on a TTY and not quiet; plain iteration otherwise."""
-    if not progress_enabled():
-        yield from iterable
-        return
+def new_progress(*extra_columns: object):
+    """A rich Progress on the shared console: description, bar, n/total, `extra_columns`, elapsed, ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -60,17 +57,18 @@ def track(iterable: Iterable[T], total: int | None = None, description: str = ""
         TimeRemainingColumn,
     )
 
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True)
+
+
+def track(iterable: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
+    """Iterate with a rich progress bar (ETA) when on a TTY and not quiet; plain iteration otherwise."""
+    if not progress_enabled():
+        yield from iterable
+        return
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
+    with new_progress() as bar:
         task = bar.add_task(description, total=total)
         for item in iterable:
             yield item

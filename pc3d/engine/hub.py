@@ -6,9 +6,11 @@ when a download happens (not when huggingface_hub was imported), so a changed en
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,8 +72,9 @@ def resolve_weights(spec: str) -> Path:
     return _download(parse_hub_spec(spec), spec)
 
 
-def _download(hub: HubSpec, spec: str) -> Path:
-    from huggingface_hub import hf_hub_download, snapshot_download
+@contextlib.contextmanager
+def hub_errors(spec: str, hub: HubSpec) -> Iterator[None]:
+    """Turn huggingface_hub's failures into one actionable line (InputError, exit 2)."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -81,21 +84,11 @@ def _download(hub: HubSpec, spec: str) -> Path:
         RevisionNotFoundError,
     )
 
-    cache, offline = hub_cache_dir(), hub_offline()
-    common: dict[str, Any] = {"revision": hub.revision, "cache_dir": cache, "local_files_only": offline,
-                              "library_name": "pc3d"}
     try:
-        if hub.filename:
-            path = Path(hf_hub_download(hub.repo_id, hub.filename, **common))
-            if path.suffix == ".safetensors":
-                _fetch_sidecar(hub, common)
-            return path
-        folder = Path(snapshot_download(hub.repo_id, allow_patterns=[f"*{s}" for s in WEIGHT_SUFFIXES] + ["*.json"],
-                                        **common))
-        return _pick_weights(folder, spec)
+        yield
     except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
-        raise InputError(f"{spec}: not in the local Hugging Face cache ({cache}) and {why}") from None
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"
+        raise InputError(f"{spec}: not in the local Hugging Face cache ({hub_cache_dir()}) and {why}") from None
     except GatedRepoError:
         raise InputError(f"{spec}: {hub.repo_id} is gated; accept its terms and log in (`hf auth login`)") from None
     except RepositoryNotFoundError:
@@ -105,10 +98,30 @@ def _download(hub: HubSpec, spec: str) -> Path:
     except EntryNotFoundError:
         raise InputError(f"{spec}: file '{hub.filename}' not found in {hub.repo_id}") from None
     except HFValidationError as exc:
-        raise InputError(f"{spec}: invalid repository name ({exc})") from None
+        raise InputError(f"{spec}: invalid repository name ({first_line(exc)})") from None
     except OSError as exc:  # HTTP errors and connection failures
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{spec}: cannot download from the hub: {first}") from None
+        raise InputError(f"{spec}: cannot download from the hub: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _download(hub: HubSpec, spec: str) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    common: dict[str, Any] = {"revision": hub.revision, "cache_dir": hub_cache_dir(), "local_files_only": hub_offline(),
+                              "library_name": "pc3d"}
+    with hub_errors(spec, hub):
+        if hub.filename:
+            path = Path(hf_hub_download(hub.repo_id, hub.filename, **common))
+            if path.suffix == ".safetensors":
+                _fetch_sidecar(hub, common)
+            return path
+        folder = Path(snapshot_download(hub.repo_id, allow_patterns=[f"*{s}" for s in WEIGHT_SUFFIXES] + ["*.json"],
+                                        **common))
+        return _pick_weights(folder, spec)
 
 
 def _fetch_sidecar(hub: HubSpec, common: dict[str, Any]) -> None:

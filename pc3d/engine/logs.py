@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pc3d.console import console, progress_enabled
+from pc3d.console import new_progress, progress_enabled
 from pc3d.runs import RunDir
 
 
@@ -67,22 +67,10 @@ class TrainProgress:
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
         if not self.enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import TextColumn
 
         self.close()
-        self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=True,
-        )
+        self._bar = new_progress(TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}"))
         self._bar.start()
         self._task = self._bar.add_task(f"epoch {epoch + 1}/{epochs}", total=total, completed=done,
                                         loss="-", lr="-")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pc3d.engine.hub import HF_SCHEME, hub_cache_dir, hub_offline, parse_hub_spec
+from pc3d.engine.hub import HF_SCHEME, HubSpec, first_line, hub_cache_dir, hub_errors, hub_offline, parse_hub_spec
 from pc3d.errors import InputError
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ def resolve_snapshot(spec: str) -> Path:
             raise InputError(f"pretrained model folder not found: {spec}")
         return folder
     hub = parse_hub_spec(spec)
-    folder = _snapshot(hub.repo_id, hub.revision, spec)
+    folder = _snapshot(hub, spec)
     if hub.filename:  # hf://owner/repo/sub names a sub-folder of the repository
         folder = folder / hub.filename
         if not folder.is_dir():
@@ -41,38 +41,13 @@ def resolve_snapshot(spec: str) -> Path:
     return folder
 
 
-def _snapshot(repo_id: str, revision: str | None, spec: str) -> Path:
+def _snapshot(hub: HubSpec, spec: str) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
-    cache, offline = hub_cache_dir(), hub_offline()
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=offline,
-                                      allow_patterns=SNAPSHOT_PATTERNS, library_name="pc3d"))
-    except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
-        raise InputError(f"{spec}: not in the local Hugging Face cache ({cache}) and {why}") from None
-    except GatedRepoError:
-        raise InputError(f"{spec}: {repo_id} is gated; accept its terms and log in (`hf auth login`)") from None
-    except RepositoryNotFoundError:
-        raise InputError(f"{spec}: repository {repo_id} not found on the hub (or private: log in)") from None
-    except RevisionNotFoundError:
-        raise InputError(f"{spec}: revision '{revision}' not found in {repo_id}") from None
-    except HFValidationError as exc:
-        raise InputError(f"{spec}: invalid repository name ({_first_line(exc)})") from None
-    except OSError as exc:  # HTTP errors and connection failures
-        raise InputError(f"{spec}: cannot download from the hub: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    with hub_errors(spec, hub):
+        return Path(snapshot_download(hub.repo_id, revision=hub.revision, cache_dir=hub_cache_dir(),
+                                      local_files_only=hub_offline(), allow_patterns=SNAPSHOT_PATTERNS,
+                                      library_name="pc3d"))
 
 
 def load_pretrained(model_cls: type[T], spec: str, *, device: Any = "cpu", dtype: Any = None) -> T:
@@ -82,7 +57,7 @@ def load_pretrained(model_cls: type[T], spec: str, *, device: Any = "cpu", dtype
     try:
         model = model_cls.from_pretrained(str(folder), **kwargs)  # type: ignore[attr-defined]
     except (OSError, ValueError, KeyError) as exc:  # missing config/weights, wrong model type
-        raise InputError(f"{spec}: cannot load {model_cls.__name__}: {_first_line(exc)}") from None
+        raise InputError(f"{spec}: cannot load {model_cls.__name__}: {first_line(exc)}") from None
     return model.to(device).eval()
 
 
@@ -92,7 +67,7 @@ def load_processor(processor_cls: type[T], spec: str) -> T:
     try:
         return processor_cls.from_pretrained(str(folder))  # type: ignore[attr-defined]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{spec}: cannot load {processor_cls.__name__}: {_first_line(exc)}") from None
+        raise InputError(f"{spec}: cannot load {processor_cls.__name__}: {first_line(exc)}") from None
 
 
 def save_to_hub_cache(model: Any, processor: Any | None, repo_id: str, cache_dir: str | os.PathLike,
