@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 ROWS: tuple[tuple[str, list[str]], ...] = (
-    ("noisy oracle alone", ["affinity.enabled=false", "visibility.enabled=false"]),
+    ("oracle alone", ["affinity.enabled=false", "visibility.enabled=false"]),
     ("+ affinity", ["affinity.enabled=true", "visibility.enabled=false"]),
     ("+ visibility", ["affinity.enabled=false", "visibility.enabled=true"]),
     ("+ both", ["affinity.enabled=true", "visibility.enabled=true"]),

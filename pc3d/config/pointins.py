@@ -139,7 +139,11 @@ class ProbeConfig(StrictModel):
     propose_min_points: int = Field(200, ge=1, description="proposals with fewer points are dropped")
     min_region_size: int = Field(100, ge=1, description="AP protocol: smallest counted region")
     lovasz: bool = Field(True, description="add the Lovasz-softmax loss to cross-entropy")
-    up_cast_levels: int = Field(2, ge=0, description="unsup-insseg: level of the pretrained offset head")
+    up_cast_levels: int = Field(2, ge=0, description="level of the pretrained offset head (= pretraining "
+                                "head.up_cast_levels): insseg/panoptic offset head, unsup-insseg")
+    offset_init: Literal["pretrained", "random", "probe"] = Field(
+        "pretrained", description="insseg/panoptic offset head: the checkpoint's PointINS head finetuned (random "
+        "if it has none), a random head of that shape, or 'probe' = a fresh head on the probe features (Sonata)")
     augment: bool = Field(True, description="training scenes: random z-rotation, flip, scale")
 
 

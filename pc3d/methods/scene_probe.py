@@ -5,7 +5,11 @@ trainable unpooling decoder), `full` (everything trains; encoder at `backbone_lr
 - semseg: CE (+ Lovasz-softmax) -> mIoU;
 - insseg: PointGroup -- semantic head + offset head (L1 + (-cos) on instance points); inference shifts points
   by their offsets and BFS-clusters them per predicted class (radius, neighbour cap), proposals score the mean
-  class probability -> AP / AP50 / AP25 (ScanNet protocol);
+  class probability -> AP / AP50 / AP25 (ScanNet protocol). `probe.offset_init` picks the offset head:
+  `pretrained` starts from the checkpoint's (teacher) PointINS offset head at its pretraining level and
+  finetunes it (a checkpoint without one, e.g. Sonata, falls back to a random head of the same shape and
+  level, so both are probed alike), `random` is that head randomly initialised, `probe` is Sonata's
+  protocol (a fresh head on the probe features at full resolution);
 - panoptic: the same heads; thing points are clustered into instances, stuff classes are one segment
   -> PQ / SQ / RQ;
 - unsup-insseg: no training; the pretrained PointINS offsets shift the points, BFS clusters them, and
@@ -30,7 +34,7 @@ from torch.utils.data import Dataset
 from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
 from pc3d.methods.sonata import OffsetHead, build_encoder, load_scenes, scene_features
-from pc3d.models.ptv3 import Point, level_inverse, up_cast
+from pc3d.models.ptv3 import Point, expected_upcast_channels, level_inverse, up_cast
 from pc3d.ops.clustering import connected_components
 from pc3d.ops.grid import grid_sample
 
@@ -205,6 +209,27 @@ def cluster_proposals(shifted: Tensor, pred_class: Tensor, probs: Tensor, classe
     return masks, labels, scores
 
 
+def lift_offsets(head: Point, offsets: Tensor, depth: int, coord: Tensor) -> Tensor:
+    """Offsets predicted `depth` poolings above the input, carried to every input point (coords `coord`).
+
+    A coarse point's offset points from its (mean) coordinate to its centre, so each finer point gets
+    `coarse coord + offset - own coord`: all points of a cell share the predicted centre."""
+    if depth == 0:
+        return offsets
+    inverse = level_inverse(head, depth)
+    return (head.coord + offsets)[inverse] - coord
+
+
+def pretrained_offset_head(weights: dict[str, Tensor]) -> tuple[str, dict[str, Tensor]] | None:
+    """(prefix, tensors) of the offset head in a PointINS run (teacher preferred) or a probe run; None if absent."""
+    for prefix in ("teacher.", "student.", ""):
+        key = prefix + "offset_head."
+        tensors = {k[len(key):]: v for k, v in weights.items() if k.startswith(key)}
+        if tensors:
+            return prefix + "offset_head", tensors
+    return None
+
+
 class SceneProbe(Method):
     def __init__(self, config: Any, labels: SceneLabels) -> None:
         super().__init__()
@@ -215,7 +240,17 @@ class SceneProbe(Method):
         self.decoder = UnpoolDecoder(channels, probe.decoder_channels) if probe.mode == "decoder" else None
         width = probe.decoder_channels if self.decoder is not None else sum(channels)
         self.seg_head = nn.Linear(width, labels.num_classes)
-        self.offset_head = OffsetHead(width) if probe.task in ("insseg", "panoptic") else None
+        self.offset_head: OffsetHead | None = None
+        self.offset_levels = probe.up_cast_levels
+        if probe.task in ("insseg", "panoptic"):
+            if probe.offset_init == "probe":
+                self.offset_head = OffsetHead(width)
+            else:  # the shape and level of PointINS's pretraining head (up-cast of the last levels+1 stages)
+                if self.offset_levels >= len(channels):
+                    raise InputError(f"probe.up_cast_levels {self.offset_levels} needs more than {len(channels)} "
+                                     "encoder stages")
+                self.offset_head = OffsetHead(expected_upcast_channels(channels, self.offset_levels))
+        self.offset_init_note = offset_init_note(probe.offset_init, None, self.offset_levels)
         if probe.mode != "full":
             for param in self.encoder.parameters():
                 param.requires_grad_(False)
@@ -226,17 +261,27 @@ class SceneProbe(Method):
             self.encoder.eval()  # frozen: no drop-path, no order shuffling
         return self
 
-    def features(self, batch: dict[str, Tensor]) -> Tensor:
+    def features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Point]:
+        """(probe features at full resolution, the encoder's coarsest level)."""
         point = Point(coord=batch["coord"], grid_coord=batch["grid"], batch=batch["batch"], feat=batch["feat"])
         frozen = self.config.probe.mode != "full"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             top = self.encoder(point)
         if self.decoder is not None:
-            return self.decoder(top)
-        return up_cast(top, len(self.config.model.channels) - 1).feat
+            return self.decoder(top), top
+        return up_cast(top, len(self.config.model.channels) - 1).feat, top
+
+    def offsets(self, feat: Tensor, top: Point, coord: Tensor) -> Tensor:
+        """Offsets of every input point from the configured offset head."""
+        assert self.offset_head is not None
+        if self.config.probe.offset_init == "probe":
+            return self.offset_head(feat)
+        head = up_cast(top, self.offset_levels)
+        depth = len(self.config.model.channels) - 1 - self.offset_levels
+        return lift_offsets(head, self.offset_head(head.feat), depth, coord)
 
     def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
-        feat = self.features(batch)
+        feat, top = self.features(batch)
         logits = self.seg_head(feat)
         segment = batch["segment"]
         labelled = segment >= 0
@@ -245,14 +290,15 @@ class SceneProbe(Method):
             terms["lovasz"] = lovasz_softmax(F.softmax(logits[labelled].float(), 1), segment[labelled])
         if self.offset_head is not None:
             target, valid = instance_centroid_offsets(batch["coord"], batch["instance"], batch["batch"])
-            terms["offset"] = pointgroup_offset_loss(self.offset_head(feat)[valid], target[valid])
+            offsets = self.offsets(feat, top, batch["coord"])
+            terms["offset"] = pointgroup_offset_loss(offsets[valid], target[valid])
         return terms
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any]) -> dict[str, Any]:
-        feat = self.features(batch)
+        feat, top = self.features(batch)
         probs = F.softmax(self.seg_head(feat).float(), 1)
-        offsets = self.offset_head(feat).float() if self.offset_head is not None else None
+        offsets = self.offsets(feat, top, batch["coord"]).float() if self.offset_head is not None else None
         probe, out = self.config.probe, {"scenes": []}
         for scene, inverse in enumerate(batch["full_inverse"]):
             sel = torch.nonzero(batch["batch"] == scene).squeeze(1)
@@ -292,7 +338,38 @@ class SceneProbe(Method):
         return split
 
     def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
-        return load_encoder(self, weights, source)
+        report = load_encoder(self, weights, source)
+        report["offset_init"] = self.offset_init_note = self.init_offset_head(weights, source)
+        return report
+
+    def init_offset_head(self, weights: dict[str, Tensor], source: str) -> str | None:
+        """Load the checkpoint's offset head when `probe.offset_init` is `pretrained` and it has one."""
+        mode = self.config.probe.offset_init
+        if self.offset_head is None:
+            return None
+        found = pretrained_offset_head(weights) if mode == "pretrained" else None
+        if found is not None:
+            prefix, tensors = found
+            own = self.offset_head.state_dict()
+            bad = [k for k in own if k not in tensors or tuple(tensors[k].shape) != tuple(own[k].shape)]
+            if bad:
+                width = tensors.get("net.0.weight", next(iter(tensors.values()))).shape[-1]
+                raise InputError(f"{source}: its offset head ({prefix}) takes {width} channels, not the "
+                                 f"{own['net.0.weight'].shape[1]} of probe.up_cast_levels {self.offset_levels}; "
+                                 "set probe.up_cast_levels to the pretraining head.up_cast_levels")
+            self.offset_head.load_state_dict({k: tensors[k] for k in own})
+        return offset_init_note(mode, found[0] if found else None, self.offset_levels, checkpoint=True)
+
+
+def offset_init_note(mode: str, loaded_from: str | None, levels: int | None, checkpoint: bool = False) -> str:
+    """One line saying how the probe's offset head started (reported in the run's result)."""
+    if mode == "probe":
+        return "probe (fresh head on the probe features)"
+    if mode == "random":
+        return f"random (head of the pretraining shape, up-cast level {levels})"
+    if loaded_from is not None:
+        return f"pretrained ({loaded_from}, up-cast level {levels})"
+    return "random (checkpoint has no offset head)" if checkpoint else "random (no checkpoint)"
 
 
 def load_encoder(module: nn.Module, weights: dict[str, Tensor], source: str,
@@ -368,9 +445,8 @@ class PretrainedOffsets(nn.Module):
         point = Point(coord=batch["coord"], grid_coord=batch["grid"], batch=batch["batch"], feat=batch["feat"])
         top = self.encoder(point)
         head = up_cast(top, self.levels)
-        offsets = self.offset_head(head.feat)
         depth = len(self.encoder.stages) - 1 - self.levels  # poolings between the input and the head level
-        return offsets[level_inverse(head, depth)] if depth else offsets
+        return lift_offsets(head, self.offset_head(head.feat), depth, batch["coord"])
 
 
 def match_clusters(pred_instance: np.ndarray, gt_instance: np.ndarray) -> dict[str, float]:
@@ -466,7 +542,21 @@ def run(request: Any) -> dict[str, Any]:
         con.info("probing a randomly initialised encoder (no --from / weights given)")
     from pc3d.engine.trainer import fit
 
-    return fit(request, build)
+    result = fit(request, build)
+    if config.probe.task in ("insseg", "panoptic"):
+        result["offset_init"] = describe_offset_init(config)
+    return result
+
+
+def describe_offset_init(config: Any) -> str:
+    """The offset head's start as `build` chose it (re-read here: training may run in other processes)."""
+    probe = config.probe
+    if not config.weights:
+        return offset_init_note(probe.offset_init, None, probe.up_cast_levels)
+    from pc3d.engine.checkpoint import load_weights
+
+    found = pretrained_offset_head(load_weights(config.weights)) if probe.offset_init == "pretrained" else None
+    return offset_init_note(probe.offset_init, found[0] if found else None, probe.up_cast_levels, checkpoint=True)
 
 
 def run_unsupervised(config: Any) -> dict[str, Any]:
