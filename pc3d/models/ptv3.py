@@ -80,7 +80,7 @@ def serialize(point: Point, orders: tuple[str, ...], shuffle: bool) -> Point:
 
 def sparse_tensor(point: Point) -> object:
     """The spconv tensor of a level (its index pairs are computed once and shared by all CPEs)."""
-    import spconv.pytorch as spconv
+    from pc3d.models.sparse import spconv
 
     indices = torch.cat([point.batch.unsqueeze(1), point.grid_coord], 1).int()
     shape = (point.grid_coord.max(0).values + 1).tolist()
@@ -148,7 +148,7 @@ class SparseCPE(nn.Module):
 
     def __init__(self, channels: int, indice_key: str) -> None:
         super().__init__()
-        import spconv.pytorch as spconv
+        from pc3d.models.sparse import spconv
 
         # no conv bias: spconv's CPU path has none, and the Linear right after absorbs it exactly
         self.conv = spconv.SubMConv3d(channels, channels, 3, bias=False, indice_key=indice_key)
@@ -157,7 +157,7 @@ class SparseCPE(nn.Module):
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, point: Point, feat: Tensor) -> Tensor:
-        from spconv.core import ConvAlgo
+        from pc3d.models.sparse import ConvAlgo
 
         self.conv.algo = ConvAlgo.Native if feat.device.type == "cpu" else self.cuda_algo
         sparse = point.sparse.replace_feature(feat)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import spconv.pytorch as spconv
 import torch
-from spconv.core import ConvAlgo
 from torch import Tensor, nn
 
+from pc3d.models.sparse import ConvAlgo, spconv
 from pc3d.ops import scatter_mean
 
 _KEY_BITS = 20  # per-axis bits of the voxel hash (coordinates are shifted to be >= 0)
