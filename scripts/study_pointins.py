@@ -51,6 +51,16 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def save(report: dict[str, Any], out: str) -> None:
+    """The report so far, so a long study that is stopped still leaves its finished probes."""
+    from pathlib import Path
+
+    from pc3d.io.atomic import write_text_atomic
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(out) / "study.json", json.dumps(report, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs (quickstart preset otherwise)")
@@ -76,15 +86,19 @@ def main() -> None:
     report["pretraining"]["sonata"] = {"checkpoint": checkpoint, **info}
     # `pretrained` is the default; Sonata's checkpoint has no offset head, so the probe falls back to random
     report["probes"]["sonata"] = probe(checkpoint, probe_sets, args.out, "pretrained")
+    save(report, args.out)
     for prior in args.priors:
         name = f"pointins ({prior} prior)"
         checkpoint, info = pretrain("pointins", [*pretrain_sets, f"offset.prior={prior}"], args.out)
         report["pretraining"][name] = {"checkpoint": checkpoint, **info}
         report["probes"][name] = probe(checkpoint, probe_sets, args.out, "pretrained")
+        save(report, args.out)
         if args.controls:
             report["probes"][f"{name}, random head"] = probe(checkpoint, probe_sets, args.out, "random")
+            save(report, args.out)
         unsup = train("finetune", "probe-unsup-scannet", "quickstart", data, args.out, init_from=checkpoint)
         report["unsupervised"][name] = {k: v for k, v in unsup.items() if k.startswith("unsup_")}
+        save(report, args.out)
     print(json.dumps(report, indent=2))
     print(table(report))
 
