@@ -17,7 +17,7 @@ SCHEMAS: dict[str, type[PresetBase]] = {}
 
 # preset/method names a command may be asked for before its issue lands -> (command, what is missing)
 PLANNED: dict[str, tuple[str, str]] = {
-    "det-sunrgbd": ("finetune", "SUN RGB-D detection finetuning: the reader exists, the task preset does not (issue 7)"),
+    "det-sunrgbd": ("finetune", "SUN RGB-D detection finetuning: the reader exists, its task preset not yet (issue 7)"),
 }
 
 
