@@ -168,9 +168,14 @@ def test_finetuning_beats_an_untrained_detector(trained):
         sample = setup.val_set[i]
         batch = {k: v.unsqueeze(0) for k, v in sample.items()}
         samples += setup.method.validation_step(batch)["scenes"]
-    untrained = detection_ap(samples)["ap25"]
-    trained_ap = trained["metrics"]["val/ap25"]
-    assert trained_ap > max(5 * untrained, 0.005), (trained_ap, untrained)
+    untrained = detection_ap(samples)
+    metrics = trained["metrics"]
+    # measured: ap25 0.040, ar25 0.32 after these 56 steps (untrained ap25 ~0); the floors keep a 2x margin
+    assert metrics["val/ap25"] > max(5 * untrained["ap25"], 0.02), (metrics, untrained["ap25"])
+    assert metrics["val/ar25"] > max(2 * untrained["ar25"], 0.15), (metrics, untrained["ar25"])
+    # per-class AP25 is reported for every evaluated class, and their mean is the mAP
+    per_class = [v for k, v in metrics.items() if k.startswith("val/ap25_")]
+    assert "val/ap25_chair" in metrics and np.mean(per_class) == pytest.approx(metrics["val/ap25"], abs=1e-9)
 
 
 @pytest.mark.slow

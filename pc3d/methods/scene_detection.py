@@ -238,7 +238,12 @@ class SceneDetection(Method):
 
         samples = [scene for output in outputs for scene in output["scenes"]]
         metrics = detection_ap(samples)
-        return {key: metrics[key] for key in ("ap25", "ap50", "ar25", "ar50")}
+        result = {key: metrics[key] for key in ("ap25", "ap50", "ar25", "ar50")}
+        # per-class AP25 of the evaluated classes (those in the ground truth or the predictions): a mean over
+        # easy and near-impossible classes says little on its own
+        for cls, ap in zip(metrics["classes"], metrics["per_class_ap25"], strict=True):
+            result[f"ap25_{self.names[cls].replace(' ', '_')}"] = ap
+        return result
 
     def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
         """A Point-MoDE pretraining run (experts + projection), a detection run, or Point-MAE weights
