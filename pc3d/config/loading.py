@@ -107,12 +107,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-4" as a string; people mean a number
-            value = float(value)
-        except ValueError:
-            pass
+    if isinstance(value, str) and _is_float(value):  # YAML 1.1 reads "1e-4" as a string; people mean a number
+        value = float(value)
     return key.split("."), value
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
