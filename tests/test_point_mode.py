@@ -102,6 +102,31 @@ def test_fourier_encoding_matches_formula():
     assert np.allclose(out[0], np.concatenate([np.sin(proj), np.cos(proj)], axis=1), atol=1e-5)
 
 
+def test_fourier_scale_multiplies_the_gaussian_matrix():
+    # scene.pos_scale: B ~ N(0, scale^2), drawn from the same RNG stream as scale 1
+    torch.manual_seed(3)
+    unit_b = FourierPositionEncoding(16).gauss_b.clone()
+    torch.manual_seed(3)
+    assert torch.allclose(FourierPositionEncoding(16, scale=8.0).gauss_b, 8.0 * unit_b)
+
+
+@pytest.mark.parametrize("encoder_pos", [False, True])
+def test_encoder_input_carries_position_only_when_asked(encoder_pos):
+    from pc3d.models.point_mode import SceneExpert
+
+    cfg = tiny_config().scene.model_copy(update={"encoder_pos": encoder_pos})
+    torch.manual_seed(0)
+    expert = SceneExpert(cfg).eval()
+    seen = {}
+    expert.encoder[0].register_forward_pre_hook(lambda module, args: seen.update(x=args[0].clone()))
+    points = scene_batch(1, 128)
+    scene = expert.encode(points)
+    _, tokens, _ = expert.tokenizer(points)
+    pos = expert.pos_encoding(scene.xyz, points.amin(dim=1), points.amax(dim=1))
+    assert torch.allclose(scene.pos, pos)
+    assert torch.allclose(seen["x"], tokens + pos if encoder_pos else tokens, atol=1e-6)
+
+
 def test_set_abstraction_is_max_over_ball_neighbourhoods():
     torch.manual_seed(0)
     sa = SetAbstraction(tokens=6, radius=0.3, samples=64, widths=[3, 8]).eval()

@@ -29,6 +29,10 @@ class SceneExpertConfig(StrictModel):
     tokenizer_hidden: tuple[int, ...] = Field((64, 128), description="shared-MLP widths before the last (= dim)")
     head_dropout: float = Field(0.3, ge=0, lt=1)
     use_color: bool = Field(False, description="feed normalised RGB to the tokenizer (3DETR's colour input)")
+    pos_scale: float = Field(1.0, gt=0, description="std of the Fourier matrix B on [0,1]-normalised xyz (3DETR "
+                             "gauss_scale 1); larger = finer positional resolution in the decoder's attention")
+    encoder_pos: bool = Field(False, description="add the tokens' Fourier encoding to the encoder input (3DETR's "
+                              "vanilla encoder has none: position reaches it only through the decoder's keys)")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SceneExpertConfig:

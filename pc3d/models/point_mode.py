@@ -95,6 +95,7 @@ class SceneExpert(nn.Module):
         in_channels = 3 + (3 if cfg.use_color else 0)
         self.use_color = cfg.use_color
         self.dim = cfg.dim
+        self.encoder_pos = cfg.encoder_pos
         self.tokenizer = SetAbstraction(cfg.tokens, cfg.radius, cfg.samples,
                                         [in_channels, *cfg.tokenizer_hidden, cfg.dim])
         self.encoder = nn.ModuleList(EncoderLayer(cfg.dim, cfg.heads, cfg.encoder_ffn, cfg.dropout)
@@ -102,7 +103,7 @@ class SceneExpert(nn.Module):
         # 3DETR encoder_to_decoder_projection: BN + ReLU after every layer, no output bias
         self.encoder_to_decoder = conv_mlp([cfg.dim, cfg.dim, cfg.dim, cfg.dim], last_activation=True,
                                            last_bias=False)
-        self.pos_encoding = FourierPositionEncoding(cfg.dim)
+        self.pos_encoding = FourierPositionEncoding(cfg.dim, cfg.pos_scale)
         self.decoder = Decoder(cfg.dim, cfg.heads, cfg.decoder_ffn, cfg.dropout, cfg.decoder_layers)
 
     def encode(self, points: Tensor, colors: Tensor | None = None) -> SceneTokens:
@@ -110,10 +111,13 @@ class SceneExpert(nn.Module):
         low, high = points.amin(dim=1), points.amax(dim=1)
         feats = colors if self.use_color else None
         xyz, tokens, _ = self.tokenizer(points, feats)
+        pos = self.pos_encoding(xyz, low, high)
+        if self.encoder_pos:  # absolute position as an input feature, so self-attention can relate tokens by place
+            tokens = tokens + pos
         for layer in self.encoder:
             tokens = layer(tokens)
         tokens = apply_conv_mlp(self.encoder_to_decoder, tokens)
-        return SceneTokens(xyz, tokens, self.pos_encoding(xyz, low, high), low, high)
+        return SceneTokens(xyz, tokens, pos, low, high)
 
     def decode(self, tgt: Tensor, query_pos: Tensor, scene: SceneTokens) -> Tensor:
         """(B,Q,D) queries -> (L,B,Q,D) outputs of every decoder layer."""
