@@ -9,7 +9,12 @@ offset head, which separates what the pretrained head brings from what the encod
 the label-free instance segmentation from the PointINS offsets. Prints one JSON object (settings, every
 probe's AP / AP50 / AP25 / mIoU, timings) and a Markdown table.
 
-    python scripts/study_pointins.py --epochs 20 --probe-epochs 30 --priors gamma fitted --controls
+The probe loads the EMA *teacher*, so pretraining uses the `study` preset variants (same EMA schedule for both
+methods, 0.9 -> 0.99) to make the teacher follow the student in a short CPU run; --check-drift also reports how
+far each teacher encoder moved from the shared initialisation and from the other runs' teachers.
+
+    OMP_NUM_THREADS=1 python scripts/study_pointins.py --epochs 20 --probe-epochs 30 --priors gamma fitted \
+        --controls --check-drift --seeds 0 1
 """
 
 from __future__ import annotations
@@ -36,18 +41,64 @@ def probe(checkpoint: str, sets: list[str], out: str, offset_init: str) -> dict[
     return {"offset_init": result.get("offset_init"), **metrics, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def pretrain(method: str, sets: list[str], out: str) -> tuple[str, dict[str, Any]]:
+def pretrain(method: str, sets: list[str], out: str, variant: str) -> tuple[str, dict[str, Any]]:
     start = time.perf_counter()
-    result = train("pretrain", method, "quickstart", sets, out)
+    result = train("pretrain", method, variant, sets, out)
     return result["checkpoints"]["last"], {"pretrain_loss": result["metrics"].get("loss"),
                                            "pretrain_seconds": round(time.perf_counter() - start, 1)}
 
 
+def teacher_encoder(checkpoint: str) -> dict[str, Any]:
+    """The teacher's encoder parameters (float tensors; BN counters left out) of a pretraining checkpoint."""
+    from pc3d.engine.checkpoint import load_weights
+
+    prefix = "teacher.encoder."
+    return {k[len(prefix):]: v.double() for k, v in load_weights(checkpoint).items()
+            if k.startswith(prefix) and v.is_floating_point() and "running_" not in k}
+
+
+def relative_distance(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """||a - b|| / ||b|| over all shared tensors: how far weights `a` are from reference weights `b`."""
+    keys = sorted(set(a) & set(b))
+    diff = sum(float((a[k] - b[k]).pow(2).sum()) for k in keys)
+    norm = sum(float(b[k].pow(2).sum()) for k in keys)
+    return (diff / norm) ** 0.5
+
+
+def initial_teacher(method: str, sets: list[str], out: str, variant: str) -> str:
+    """A checkpoint whose teacher is still the initialisation: one epoch at EMA momentum 1 (teacher <- teacher)."""
+    keep = [s for s in sets if not s.startswith(("train.epochs=", "train.save_every="))]
+    return pretrain(method, [*keep, "train.epochs=1", "train.save_every=1", "train.ema_momentum=1.0",
+                             "train.ema_momentum_final=1.0"], out, variant)[0]
+
+
+def drift(checkpoints: dict[str, str], init: str) -> dict[str, Any]:
+    """Relative L2 distance of each teacher encoder from the initialisation and from every other teacher."""
+    start = teacher_encoder(init)
+    weights = {name: teacher_encoder(path) for name, path in checkpoints.items()}
+    names = list(weights)
+    return {"from_init": {n: round(relative_distance(weights[n], start), 4) for n in names},
+            "between": {f"{a} vs {b}": round(relative_distance(weights[a], weights[b]), 4)
+                        for i, a in enumerate(names) for b in names[i + 1:]}}
+
+
 def table(report: dict[str, Any]) -> str:
-    rows = ["| encoder | offset head | AP | AP50 | AP25 | mIoU |", "|---|---|---|---|---|---|"]
-    for name, entry in report["probes"].items():
-        rows.append(f"| {name} | {entry['offset_init']} | {entry['ap']:.4f} | {entry['ap50']:.4f} | "
-                    f"{entry['ap25']:.4f} | {entry['miou']:.4f} |")
+    metrics = ("ap", "ap50", "ap25", "miou")
+    rows = ["| encoder | offset head | seed | AP | AP50 | AP25 | mIoU |", "|---|---|---|---|---|---|---|"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in report["probes"].values():
+        rows.append(f"| {entry['encoder']} | {entry['offset_init']} | {entry['seed']} | "
+                    + " | ".join(f"{entry[m]:.4f}" for m in metrics) + " |")
+        groups.setdefault(entry["encoder"] + " / " + str(entry["offset_init"]), []).append(entry)
+    if any(len(entries) > 1 for entries in groups.values()):
+        rows += ["", "| encoder / offset head | seeds | AP | AP50 | AP25 | mIoU |", "|---|---|---|---|---|---|"]
+        for group, entries in groups.items():
+            cells = []
+            for m in metrics:
+                values = [e[m] for e in entries]
+                mean = sum(values) / len(values)
+                cells.append(f"{mean:.4f} ({min(values):.4f}-{max(values):.4f})")
+            rows.append(f"| {group} | {len(entries)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -71,34 +122,52 @@ def main() -> None:
     parser.add_argument("--priors", nargs="+", default=["gamma"], choices=["gamma", "lognormal", "fitted"],
                         help="PointINS magnitude priors to pretrain with (one PointINS run each)")
     parser.add_argument("--controls", action="store_true", help="also probe PointINS encoders with a random head")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one full study per seed")
+    parser.add_argument("--variant", default="study", help="pretraining preset variant for both methods")
+    parser.add_argument("--check-drift", action="store_true",
+                        help="report how far each teacher encoder moved from its initialisation and the others")
     parser.add_argument("--out", default="runs/study-pointins")
     args = parser.parse_args()
     from pc3d.console import set_verbosity
 
     set_verbosity(quiet=True, verbose=False)
-    data = [f"data.synthetic_count={args.scenes}", f"data.synthetic_val_count={args.val_scenes}",
-            f"data.num_points={args.num_points}", f"run.seed={args.seed}"]
-    pretrain_sets = [f"train.epochs={args.epochs}", f"train.save_every={args.epochs}", *data]
-    probe_sets = [f"train.epochs={args.probe_epochs}", f"train.eval_every={args.probe_epochs}", *data]
-    report: dict[str, Any] = {"settings": vars(args), "pretraining": {}, "probes": {}, "unsupervised": {}}
-    checkpoint, info = pretrain("sonata", pretrain_sets, args.out)
-    report["pretraining"]["sonata"] = {"checkpoint": checkpoint, **info}
-    # `pretrained` is the default; Sonata's checkpoint has no offset head, so the probe falls back to random
-    report["probes"]["sonata"] = probe(checkpoint, probe_sets, args.out, "pretrained")
-    save(report, args.out)
-    for prior in args.priors:
-        name = f"pointins ({prior} prior)"
-        checkpoint, info = pretrain("pointins", [*pretrain_sets, f"offset.prior={prior}"], args.out)
-        report["pretraining"][name] = {"checkpoint": checkpoint, **info}
-        report["probes"][name] = probe(checkpoint, probe_sets, args.out, "pretrained")
+    report: dict[str, Any] = {"settings": vars(args), "pretraining": {}, "probes": {}, "unsupervised": {},
+                              "drift": {}}
+    for seed in args.seeds:
+        data = [f"data.synthetic_count={args.scenes}", f"data.synthetic_val_count={args.val_scenes}",
+                f"data.num_points={args.num_points}", f"run.seed={seed}"]
+        pretrain_sets = [f"train.epochs={args.epochs}", f"train.save_every={args.epochs}", *data]
+        probe_sets = [f"train.epochs={args.probe_epochs}", f"train.eval_every={args.probe_epochs}", *data]
+        checkpoints: dict[str, str] = {}
+        checkpoint, info = pretrain("sonata", pretrain_sets, args.out, args.variant)
+        checkpoints["sonata"] = checkpoint
+        report["pretraining"][f"sonata, seed {seed}"] = {"checkpoint": checkpoint, **info}
+        # `pretrained` is the default; Sonata's checkpoint has no offset head, so the probe falls back to random
+        report["probes"][f"sonata, seed {seed}"] = {"encoder": "sonata", "seed": seed,
+                                                    **probe(checkpoint, probe_sets, args.out, "pretrained")}
         save(report, args.out)
-        if args.controls:
-            report["probes"][f"{name}, random head"] = probe(checkpoint, probe_sets, args.out, "random")
+        for prior in args.priors:
+            name = f"pointins ({prior} prior)"
+            checkpoint, info = pretrain("pointins", [*pretrain_sets, f"offset.prior={prior}"], args.out,
+                                        args.variant)
+            checkpoints[name] = checkpoint
+            report["pretraining"][f"{name}, seed {seed}"] = {"checkpoint": checkpoint, **info}
+            report["probes"][f"{name}, seed {seed}"] = {"encoder": name, "seed": seed,
+                                                        **probe(checkpoint, probe_sets, args.out, "pretrained")}
             save(report, args.out)
-        unsup = train("finetune", "probe-unsup-scannet", "quickstart", data, args.out, init_from=checkpoint)
-        report["unsupervised"][name] = {k: v for k, v in unsup.items() if k.startswith("unsup_")}
-        save(report, args.out)
+            if args.controls:
+                report["probes"][f"{name}, random head, seed {seed}"] = {
+                    "encoder": name, "seed": seed, **probe(checkpoint, probe_sets, args.out, "random")}
+                save(report, args.out)
+            unsup = train("finetune", "probe-unsup-scannet", "quickstart", data, args.out, init_from=checkpoint)
+            report["unsupervised"][f"{name}, seed {seed}"] = {k: v for k, v in unsup.items()
+                                                              if k.startswith("unsup_")}
+            save(report, args.out)
+        if args.check_drift:
+            # Sonata and PointINS build the same encoder from the same seed, so one initial teacher serves both
+            init = initial_teacher("sonata", pretrain_sets, args.out, args.variant)
+            report["drift"][f"seed {seed}"] = drift(checkpoints, init)
+            save(report, args.out)
     print(json.dumps(report, indent=2))
     print(table(report))
 
