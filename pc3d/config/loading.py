@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from pc3d.config.base import PresetBase
 from pc3d.config.registry import PLANNED, schema_for
 from pc3d.errors import ConfigError, InputError, NotBuiltError
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: presets load at --help
+
 
 def _preset_dir() -> Path:
     return Path(str(resources.files("pc3d_presets")))
@@ -21,17 +24,20 @@ def _preset_dir() -> Path:
 
 def available_presets(command: str | None = None) -> list[str]:
     """Names of the shipped presets, optionally only those of one command."""
-    names = []
+    return [name for name, cmd in _preset_commands().items() if command is None or cmd == command]
+
+
+@functools.lru_cache(maxsize=1)
+def _preset_commands() -> dict[str, str | None]:
+    """Shipped preset name -> its `command` (read once: every --help lists presets per command)."""
+    commands: dict[str, str | None] = {}
     for path in sorted(_preset_dir().glob("*.yaml")):
-        if command is not None:
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError:
-                continue
-            if data.get("command") != command:
-                continue
-        names.append(path.stem)
-    return names
+        try:
+            data = yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}
+        except yaml.YAMLError:
+            data = {}
+        commands[path.stem] = data.get("command") if isinstance(data, dict) else None
+    return commands
 
 
 def find_preset(name_or_file: str, variant_of: str | None = None) -> Path:
