@@ -41,7 +41,7 @@ from pc3d.data.readers.semantickitti import (
 )
 from pc3d.errors import InputError
 from pc3d.io.atomic import atomic_path, write_text_atomic
-from pc3d.ops import grid_sample, rasterize_points, scatter_min
+from pc3d.ops import grid_sample, knn, rasterize_points, scatter_min
 
 # ------------------------------------------------------------------------------------------ superpoints
 
@@ -50,7 +50,7 @@ def dbscan(points: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
     """Exact DBSCAN labels (N,) int64, -1 = noise. Core points have >= min_samples points (self included) within
     eps; core points within eps of each other share a cluster; a border point joins its nearest core point's.
 
-    Neighbourhoods come from scipy's KD-tree: pc3d.ops.knn's grid search is far slower on LiDAR density."""
+    Radius neighbourhoods (unbounded in count) come from scipy's KD-tree; pc3d.ops.ball_query caps them at k."""
     from scipy.sparse.csgraph import connected_components as graph_components
     from scipy.spatial import cKDTree
 
@@ -99,11 +99,10 @@ def bpss_supervoxels(points: np.ndarray, resolution: float = 1.0, k: int = 15, m
     n = len(points)
     if n <= 1:
         return np.zeros(n, dtype=np.int64)
-    from scipy.spatial import cKDTree
-
     points = np.asarray(points, dtype=np.float64)
     kk = min(k + 1, n)
-    _, idx = cKDTree(points).query(points, kk)  # scipy: pc3d.ops.knn's grid search is slow on LiDAR density
+    _, idx = knn(torch.from_numpy(points), torch.from_numpy(points), kk)
+    idx = idx.numpy()
     nbr = idx[:, 1:]
     normals = estimate_normals(points, idx)
     target = grid_sample(torch.from_numpy(points), resolution).num_cells
