@@ -35,7 +35,8 @@ if stage scenes; then
   say "Point-MoDE block-to-scene pretraining -> detection finetuning -> pc3d detect (synthetic rooms)"
   ckpt=$(pc3d pretrain point-mode --preset quickstart --out "$runs" --json | field checkpoints.last)
   det=$(pc3d finetune det-scannet --preset quickstart --from "$ckpt" --out "$runs" --json | field checkpoints.last)
-  scene=$(ls "$out"/scenes/scenes/*.ply | head -n 1)
+  scenes=("$out"/scenes/scenes/*.ply)
+  scene=${scenes[0]}
   pc3d detect "$scene" --checkpoint "$det" --out "$out/detect"
   say "PointINS pretraining -> instance-segmentation linear probe (synthetic rooms)"
   ckpt=$(pc3d pretrain pointins --preset quickstart --out "$runs" --json | field checkpoints.last)
@@ -52,7 +53,8 @@ fi
 
 if stage parts; then
   say "PartSTAD text-prompted part segmentation (oracle boxes, then tiny random 2D models)"
-  chair=$(ls "$out"/objects/shapes/chair_*.ply | head -n 1)
+  chairs=("$out"/objects/shapes/chair_*.ply)
+  chair=${chairs[0]}
   pc3d segment "$chair" --parts "arm,back,leg,seat" --preset oracle --out "$out/segment"
   pc3d segment "$chair" --parts "arm,seat,leg" --preset tiny-random --out "$out/segment-tiny"
 fi
