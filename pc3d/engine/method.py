@@ -82,12 +82,19 @@ class Method(nn.Module):
     def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
         """Copy the tensors of `weights` whose names and shapes match this method (`--from`).
 
-        Methods override this to map official key names; the default matches names exactly and
-        refuses weights that share nothing with the model."""
+        Methods override this to select or rename keys first (official layouts, one expert of a
+        mixture) and then call `load_matching`; the default matches names exactly."""
+        return self.load_matching(weights, source)
+
+    def load_matching(self, weights: dict[str, Tensor], source: str, expected: str = "") -> dict[str, Any]:
+        """Load the tensors whose names and shapes match this method; refuse weights sharing nothing.
+
+        Returns the report --from prints: how many loaded, which were skipped, which stayed missing."""
         own = self.state_dict()
         matched = {k: v for k, v in weights.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
         if not matched:
-            raise InputError(f"{source}: none of its {len(weights)} tensors match the model's names and shapes")
+            hint = f" ({expected})" if expected else ""
+            raise InputError(f"{source}: none of its {len(weights)} tensors match the model's names and shapes{hint}")
         self.load_state_dict(matched, strict=False)
         skipped = sorted(set(weights) - set(matched))
         return {"loaded": len(matched), "skipped": skipped, "missing": sorted(set(own) - set(matched))}

@@ -250,19 +250,13 @@ class SceneDetection(Method):
         (object expert encoder only). Tensors whose shape differs (query embeddings) are skipped."""
         from pc3d.methods.point_mode import object_state
 
-        own = self.state_dict()
         if any(k.startswith("model.scene.") for k in weights):
-            usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+            usable = weights
         elif self.model.object is not None:
-            usable = {f"model.object.{k}": v for k, v in object_state(weights).items()
-                      if f"model.object.{k}" in own and own[f"model.object.{k}"].shape == v.shape}
+            usable = {f"model.object.{k}": v for k, v in object_state(weights).items()}
         else:
             usable = {}
-        if not usable:
-            raise InputError(f"{source}: none of its {len(weights)} tensors fit the detector")
-        self.load_state_dict(usable, strict=False)
-        return {"loaded": len(usable), "skipped": sorted(set(weights) - set(usable)),
-                "missing": sorted(set(own) - set(usable))}
+        return self.load_matching(usable, source, "expected a Point-MoDE or Point-MAE checkpoint")
 
 
 def build(config: Any, rank: int) -> Any:

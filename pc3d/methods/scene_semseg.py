@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from pc3d.engine.method import Method, StepState
-from pc3d.errors import InputError
 from pc3d.models.detr3d import apply_conv_mlp, conv_mlp
 from pc3d.models.point_mae import three_nn_interpolate
 from pc3d.models.point_mode import SceneExpert
@@ -116,14 +115,8 @@ class SceneSemseg(Method):
 
     def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
         """The scene expert's tokenizer, encoder and projection from a Point-MoDE run (pretraining or detection)."""
-        own = self.state_dict()
-        usable = {k: v for k, v in weights.items() if k.startswith("model.scene.") and k in own
-                  and own[k].shape == v.shape}
-        if not usable:
-            raise InputError(f"{source}: no scene-expert tensor fits (expected a Point-MoDE checkpoint)")
-        self.load_state_dict(usable, strict=False)
-        return {"loaded": len(usable), "skipped": sorted(set(weights) - set(usable)),
-                "missing": sorted(set(own) - set(usable))}
+        scene = {k: v for k, v in weights.items() if k.startswith("model.scene.")}
+        return self.load_matching(scene, source, "expected a Point-MoDE checkpoint")
 
 
 def build(config: Any, rank: int) -> Any:
