@@ -171,6 +171,9 @@ class DetectionPreset(PresetBase):
     use_object_expert: bool = Field(True, description="object expert encodes random blocks for the decoder "
                                                       "queries (Point-MoDE); off = plain 3DETR")
     queries: int = Field(256, ge=1, description="decoder queries (FPS samples of the scene tokens)")
+    query_content: bool = Field(True, description="add the encoder feature of each query's token to its tgt "
+                                "(two-stage DETR style); off = 3DETR's position-only queries, which on the "
+                                "synthetic quickstart reach AP25 0.08 instead of 0.5 in the same 50 epochs")
     max_boxes: int = Field(64, ge=1)
     matcher: DetMatcherConfig = Field(default_factory=DetMatcherConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

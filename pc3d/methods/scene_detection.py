@@ -201,7 +201,7 @@ class SceneDetection(Method):
         super().__init__()
         self.names = class_names(config.data.dataset if config.data.source == "folder" else "scannet_detection")
         self.model = PointMoDEDetector(config.scene, config.object if config.use_object_expert else None,
-                                       config.queries, len(self.names))
+                                       config.queries, len(self.names), config.query_content)
         self.blocks = config.blocks
         self.use_object_expert = config.use_object_expert
         self.use_color = config.scene.use_color
@@ -313,6 +313,7 @@ def load_detector(spec: str, config: Any) -> tuple[SceneDetection, Any]:
             raise InputError(f"{spec}: a '{saved['method']}' checkpoint, not a detector (method point-mode-det); "
                              "train one with `pc3d finetune det-scannet`")
         if saved:
+            saved.setdefault("query_content", False)  # runs from before the switch used position-only queries
             merged = {**saved, "command": config.command, "detect": config.detect.model_dump(),
                       "run": config.run.model_dump()}
             config = DetectionPreset.model_validate(merged)

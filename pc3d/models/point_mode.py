@@ -186,10 +186,12 @@ class PointMoDEDetector(nn.Module):
     """3DETR detector on the scene expert; the object expert encodes random blocks whose projected
     features (cycled over the queries) plus learnable query embeddings are the decoder's tgt."""
 
-    def __init__(self, scene_cfg: Any, object_cfg: Any | None, num_queries: int, num_classes: int) -> None:
+    def __init__(self, scene_cfg: Any, object_cfg: Any | None, num_queries: int, num_classes: int,
+                 query_content: bool = False) -> None:
         super().__init__()
         dim = scene_cfg.dim
         self.num_queries = num_queries
+        self.query_content = query_content
         self.num_classes = num_classes
         self.scene = SceneExpert(scene_cfg)
         self.object = ObjectEncoder(object_cfg) if object_cfg is not None else None
@@ -217,6 +219,8 @@ class PointMoDEDetector(nn.Module):
         query_pos = self.scene.pos_encoding(query_xyz, scene.low, scene.high)
         query_pos = self.query_projection(query_pos.transpose(1, 2)).transpose(1, 2)
         tgt = self.query_embed.unsqueeze(0).expand(b, -1, -1)
+        if self.query_content:  # each query starts from what the encoder saw at its own token
+            tgt = tgt + gather_points(scene.features, query_idx)
         if self.object is not None and object_blocks is not None:
             k = object_blocks.shape[1]
             feats = self.object(object_blocks.reshape(b * k, *object_blocks.shape[2:])).reshape(b, k, -1)
