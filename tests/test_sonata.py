@@ -106,7 +106,7 @@ def test_view_tracks_its_linear_augmentation() -> None:
     rng = np.random.default_rng(1)
     coord = rng.random((500, 3)).astype(np.float32) * 3
     sample = {"coord": coord, "color": rng.random((500, 3)) * 255, "normal": np.tile([0, 0, 1.0], (500, 1))}
-    view = make_view(sample, (0.5, 0.8), rng, 0.05, 10_000, ViewAugment())
+    view = make_view(sample, (0.5, 0.8), rng, 0.05, 10_000, ViewAugment(elastic=False))  # linear part + jitter
     a = view["transform"].double()
     d_aug = (view["coord"] - view["coord"][0]).double()
     d_orig = (view["origin"] - view["origin"][0]).double()
@@ -140,3 +140,45 @@ def test_sonata_step_gives_finite_losses_and_ema_moves_teacher() -> None:
                                m * before + (1 - m) * method.student.mask_head.prototypes)
     scales = {g["lr_scale"] for g in method.param_groups(0.05)}
     assert max(scales) == 1.0 and min(scales) == pytest.approx(0.9 ** 3)  # embedding: decay^(blocks + 1)
+
+
+def _mask_loss(observable: bool, bump: torch.Tensor | None, masks: list[torch.Tensor],
+               monkeypatch: pytest.MonkeyPatch) -> tuple[float, dict]:
+    """The mask term of one step on one global view per scene; `bump` is added to the teacher's mask-head
+    scores (head level = input points here: one encoder level below the last, up-cast once)."""
+    import pc3d.methods.sonata as sonata
+
+    cfg = {**TINY, "data": {**TINY["data"], "global_views": 1, "local_views": 0},
+           "loss": {"observable_only": observable}}
+    config = SonataPreset.model_validate(cfg)
+    torch.manual_seed(0)
+    views, _ = sonata.build_sets(config)
+    batch = collate_views([views[0], views[1]])
+    torch.manual_seed(1)
+    method = Sonata(config)
+    if bump is not None:
+        method.teacher.mask_head.register_forward_hook(lambda module, args, out: out + bump)
+    original = sonata.patch_mask
+    monkeypatch.setattr(sonata, "patch_mask", lambda *a, **k: masks.append(original(*a, **k)) or masks[-1])
+    torch.manual_seed(2)
+    terms = method.training_step(batch, StepState(0, 0, 10, 0.0, 1e-3))
+    assert set(k for k in terms if not k.startswith("metric/")) == {"mask"}
+    return float(terms["mask"].detach()), terms
+
+
+@pytest.mark.parametrize("observable", [True, False])
+def test_observable_only_ignores_the_teacher_at_masked_points(observable: bool, monkeypatch) -> None:
+    masks: list[torch.Tensor] = []
+    base, terms = _mask_loss(observable, None, masks, monkeypatch)
+    mask = masks[0]
+    assert 0 < int(mask.sum()) < mask.numel()
+    bump = torch.zeros(mask.numel(), TINY["head"]["prototypes"])
+    bump[mask] = torch.randn(int(mask.sum()), TINY["head"]["prototypes"]) * 5  # scores only at masked points
+    changed, _ = _mask_loss(observable, bump, masks, monkeypatch)
+    assert torch.equal(masks[1], mask)  # the same masking in both runs
+    if observable:
+        assert changed == base  # masked points neither give targets nor enter the Sinkhorn balance
+        assert float(terms["metric/observed_share"]) == pytest.approx(1 - float(mask.float().mean()))
+    else:
+        assert abs(changed - base) > 1e-4  # Sonata distils at every matched point
+        assert "metric/observed_share" not in terms

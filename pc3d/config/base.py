@@ -29,16 +29,30 @@ class RunConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    """AdamW with linear warm-up then cosine decay, stepped per iteration."""
+    """AdamW with linear warm-up then cosine decay, stepped per iteration.
+
+    `weight_decay_end` (null = constant): the decayed groups' weight decay follows a cosine from `weight_decay`
+    at the first optimiser iteration to `weight_decay_end` at the last (Sonata / DINOv2: 0.04 -> 0.2), set
+    each iteration next to the learning rate; groups without decay (biases, norms, tokens) stay at 0."""
 
     name: Literal["adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
+    weight_decay_end: float | None = Field(None, ge=0, description="cosine weight-decay schedule: the value at "
+                                           "the last iteration (null = constant weight_decay)")
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = Field(10, ge=0)
     warmup_start_lr: float = Field(1e-6, ge=0)
     min_lr: float = Field(1e-6, ge=0)
     clip_grad: float | None = Field(None, gt=0, description="max global grad norm; null = no clipping")
+
+    @model_validator(mode="after")
+    def _decay_schedule_needs_a_start(self) -> OptimConfig:
+        # groups are scaled relative to weight_decay, so a zero start would leave every group at 0
+        if self.weight_decay_end is not None and self.weight_decay == 0:
+            raise ValueError("optim.weight_decay_end needs optim.weight_decay > 0 (the schedule scales the "
+                             "decayed groups from it)")
+        return self
 
 
 class TrainConfig(StrictModel):

@@ -55,6 +55,48 @@ class SceneDataConfig(DataConfig):
     max_frames: int | None = Field(None, ge=1, description="semantickitti: frames read per split (null = all)")
 
 
+class ViewAugmentConfig(StrictModel):
+    """Sonata's per-view augmentations beyond the tracked linear part (rotation, tilt, flip, scale, jitter).
+
+    Values from Pointcept configs/sonata/pretrain-sonata-v1m1-0-base.py and datasets/transform.py: that config
+    applies ElasticDistortion and ChromaticTranslation to every view and leaves ChromaticAutoContrast and
+    ChromaticJitter commented out, hence the defaults. Elastic distortion happens after the linear part is
+    recorded (a non-rigid warp no view transform undoes); cross-view matching keeps using the
+    pre-augmentation coordinates."""
+
+    elastic: bool = Field(True, description="ElasticDistortion: smoothed-noise displacement field per view")
+    elastic_p: float = Field(0.95, ge=0, le=1, description="probability a view is distorted (all pairs at once)")
+    elastic_params: tuple[tuple[float, float], ...] = Field(
+        ((0.2, 0.4), (0.8, 1.6)), description="(granularity m, magnitude) pairs applied in turn; the displacement "
+        "is magnitude x noise smoothed over nodes `granularity` apart (node std ~0.11)")
+    auto_contrast: bool = Field(False, description="ChromaticAutoContrast: blend colours with their min-max "
+                                "stretch to [0, 255] (off in Sonata's config)")
+    auto_contrast_p: float = Field(0.2, ge=0, le=1)
+    auto_contrast_blend: float | None = Field(None, ge=0, le=1, description="stretch weight; null = U(0, 1)")
+    color_translation: bool = Field(True, description="ChromaticTranslation: one RGB shift per view, "
+                                    "U(-ratio, ratio) x 255, clipped to [0, 255]")
+    color_translation_p: float = Field(0.95, ge=0, le=1)
+    color_translation_ratio: float = Field(0.05, ge=0)
+    color_jitter: bool = Field(False, description="ChromaticJitter: per-point N(0, std x 255) colour noise "
+                               "(off in Sonata's config)")
+    color_jitter_p: float = Field(0.95, ge=0, le=1)
+    color_jitter_std: float = Field(0.05, ge=0)
+    shared_global_color: bool = Field(True, description="global views share one colour draw per scene "
+                                      "(Sonata's global_shared_transform); local views draw their own")
+
+    @model_validator(mode="after")
+    def _elastic_pairs(self) -> ViewAugmentConfig:
+        if any(g <= 0 or m < 0 for g, m in self.elastic_params):
+            raise ValueError("data.augment.elastic_params: each pair is (granularity > 0, magnitude >= 0)")
+        return self
+
+
+class ScenePretrainDataConfig(SceneDataConfig):
+    """Scene data of the SSL presets: the scenes plus how each view is augmented."""
+
+    augment: ViewAugmentConfig = Field(default_factory=ViewAugmentConfig)
+
+
 class HeadConfig(StrictModel):
     """Sonata's OnlineCluster heads: MLP -> L2-normalise -> weight-normalised prototypes."""
 
@@ -76,6 +118,9 @@ class SonataLossConfig(StrictModel):
     match_max_r: float = Field(0.32, gt=0, description="max origin-coordinate distance of a cross-view match")
     weights: tuple[float, float, float] = Field((0.25, 0.25, 0.5), description="mask, roll-mask, unmask")
     layer_decay: float = Field(0.9, gt=0, le=1, description="lr x decay^(blocks above) per encoder block")
+    observable_only: bool = Field(False, description="DOS: distil the masked global views only at the points "
+                                  "the student saw (mask and roll-mask terms; their Sinkhorn targets are "
+                                  "balanced over those points); false = Sonata, every matched point")
 
 
 class ScenePretrainPreset(PresetBase):
@@ -83,10 +128,10 @@ class ScenePretrainPreset(PresetBase):
     model: PTv3Config = Field(default_factory=PTv3Config)
     head: HeadConfig = Field(default_factory=HeadConfig)
     loss: SonataLossConfig = Field(default_factory=SonataLossConfig)
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.004, weight_decay=0.04, warmup_epochs=40,
-                                                                   clip_grad=3.0, min_lr=1e-6))
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.004, weight_decay=0.04, weight_decay_end=0.2,
+                                                                   warmup_epochs=40, clip_grad=3.0, min_lr=1e-6))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=800, batch_size=16, ema_momentum=0.994))
-    data: SceneDataConfig = Field(default_factory=SceneDataConfig)
+    data: ScenePretrainDataConfig = Field(default_factory=ScenePretrainDataConfig)
 
 
 @register_schema

@@ -1,9 +1,10 @@
-"""Learning rate: linear warm-up then cosine decay, evaluated per optimiser step."""
+"""Per-iteration schedules: learning rate (linear warm-up, cosine decay) and weight decay (cosine)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch.optim import Optimizer
 
@@ -44,3 +45,38 @@ class WarmupCosine:
 
     def state_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class WeightDecayCosine:
+    """Weight decay per optimiser iteration: cosine from `start` (step 0) to `end` (step `total_steps`).
+
+    Each group gets wd(step) x its scale (its weight decay at construction / `start`: 1 for decayed groups,
+    0 for the no-decay ones). A pure function of the step and the groups' construction, so resuming
+    recomputes it instead of trusting the weight decay stored in the optimiser state."""
+
+    start: float
+    end: float
+    total_steps: int
+    scales: tuple[float, ...]
+
+    def __call__(self, step: int) -> float:
+        progress = min(step / max(self.total_steps, 1), 1.0)
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    @classmethod
+    def from_groups(cls, optim: Any, groups: list[dict], total_steps: int) -> WeightDecayCosine | None:
+        """The schedule of `optim.weight_decay_end` over these parameter groups; None when it is constant."""
+        if optim.weight_decay_end is None:
+            return None
+        scales = tuple(float(g.get("weight_decay", optim.weight_decay)) / optim.weight_decay for g in groups)
+        return cls(optim.weight_decay, optim.weight_decay_end, total_steps, scales)
+
+    def apply(self, optimizer: Optimizer, step: int) -> float:
+        wd = self(step)
+        if len(optimizer.param_groups) != len(self.scales):
+            raise ValueError(f"weight-decay schedule built for {len(self.scales)} groups, the optimiser has "
+                             f"{len(optimizer.param_groups)}")
+        for group, scale in zip(optimizer.param_groups, self.scales, strict=True):
+            group["weight_decay"] = wd * scale
+        return wd

@@ -52,7 +52,7 @@ from pc3d.engine.distributed import (
 )
 from pc3d.engine.logs import MetricSink, TrainProgress, truncate_metrics
 from pc3d.engine.method import Method, StepState, has_validation, total_loss
-from pc3d.engine.schedule import WarmupCosine
+from pc3d.engine.schedule import WarmupCosine, WeightDecayCosine
 from pc3d.errors import ConfigError, InputError, NotBuiltError, Pc3dError, RuntimeFailure
 from pc3d.runs import RunDir, RunRequest
 
@@ -324,6 +324,8 @@ class _Trainer:
         groups = self.method.param_groups(self.optim_cfg.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=self.optim_cfg.lr, betas=self.optim_cfg.betas,
                                            weight_decay=self.optim_cfg.weight_decay)
+        self.wd_schedule = WeightDecayCosine.from_groups(self.optim_cfg, self.optimizer.param_groups,
+                                                         self.total_steps)
         self.amp = amp_dtype(train.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         if ctx.distributed:
@@ -440,6 +442,8 @@ class _Trainer:
         for batch in loader:
             state = self._state()
             self.schedule.apply(self.optimizer, self.step)
+            if self.wd_schedule is not None:  # after a resume this overrides the stored (last-step) values
+                self.wd_schedule.apply(self.optimizer, self.step)
             self.batches_done += 1
             boundary = self.batches_done % acc == 0
             sync = contextlib.nullcontext() if boundary or not self.ctx.distributed else self.model.no_sync()
@@ -471,7 +475,8 @@ class _Trainer:
                     epoch_sums[key] = epoch_sums.get(key, 0.0) + value * window_steps
                 epoch_steps += window_steps
                 elapsed = time.perf_counter() - tic
-                self._log({"step": self.step, "epoch": self.epoch, "lr": state.lr, **means,
+                decay = {} if self.wd_schedule is None else {"weight_decay": self.wd_schedule(state.step)}
+                self._log({"step": self.step, "epoch": self.epoch, "lr": state.lr, **decay, **means,
                            "samples_per_s": window_steps * train.batch_size / max(elapsed, 1e-9)})
                 window, window_steps, tic = {}, 0, time.perf_counter()
             signum = self._should_stop(flag)

@@ -100,9 +100,62 @@ def _rotation(axis: int, angle: float) -> np.ndarray:
     return r
 
 
+def smoothed_noise(nodes: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random 3-vector per grid node, (nodes..., 3): N(0, 1), then a width-3 box blur (zero padding)
+    applied twice along each axis, as Pointcept's ElasticDistortion smooths its noise."""
+    from scipy.ndimage import uniform_filter1d  # scipy only loads when a view is distorted
+
+    noise = rng.standard_normal((*nodes, 3)).astype(np.float32)
+    for _ in range(2):
+        for axis in range(3):
+            noise = uniform_filter1d(noise, size=3, axis=axis, mode="constant", cval=0.0)
+    return noise
+
+
+def elastic_displacement(coord: np.ndarray, granularity: float, magnitude: float,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Displacement (N,3) of an elastic distortion: smoothed noise on nodes `granularity` apart (one node of
+    margin below the points, two above), trilinearly interpolated at the points, times `magnitude`.
+
+    Trilinear interpolation is a convex combination of 8 node values, so |displacement| <= magnitude x the
+    largest node value, and points in the same cell move nearly alike (a smooth, non-rigid warp)."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    low = coord.min(0)
+    nodes = ((coord - low).max(0) // granularity).astype(int) + 3
+    field = smoothed_noise((int(nodes[0]), int(nodes[1]), int(nodes[2])), rng)
+    axes = [low[k] - granularity + granularity * np.arange(nodes[k]) for k in range(3)]
+    interp = RegularGridInterpolator(axes, field, method="linear", bounds_error=False, fill_value=0.0)
+    return interp(coord) * magnitude
+
+
+def elastic_distortion(coord: np.ndarray, params: tuple[tuple[float, float], ...],
+                       rng: np.random.Generator) -> np.ndarray:
+    """Pointcept's ElasticDistortion: the (granularity, magnitude) warps applied in turn, each on the
+    coordinates the previous one produced."""
+    out = coord.astype(np.float64, copy=True)
+    for granularity, magnitude in params:
+        out += elastic_displacement(out, granularity, magnitude, rng)
+    return out
+
+
+def auto_contrast(color: np.ndarray, blend: float) -> np.ndarray:
+    """Blend colours (0..255) with their per-channel min-max stretch to [0, 255] (ChromaticAutoContrast);
+    a constant channel is left as it is."""
+    lo, hi = color.min(0, keepdims=True), color.max(0, keepdims=True)
+    span = hi - lo
+    stretched = np.where(span > 0, (color - lo) * 255.0 / np.where(span > 0, span, 1.0), color)
+    return (1.0 - blend) * color + blend * stretched
+
+
 @dataclass
 class ViewAugment:
-    """Sonata's view augmentations; the linear part (rotation, tilt, flip, scale) is returned per view."""
+    """Sonata's view augmentations; the linear part (rotation, tilt, flip, scale) is returned per view.
+
+    Defaults follow Pointcept's configs/sonata/pretrain-sonata-v1m1-0-base.py: ElasticDistortion (p 0.95,
+    (granularity, magnitude) = (0.2, 0.4) then (0.8, 1.6)) and ChromaticTranslation (p 0.95, ratio 0.05) are
+    applied; ChromaticAutoContrast (p 0.2, random blend) and ChromaticJitter (p 0.95, std 0.05) are commented
+    out there, so they are off unless switched on."""
 
     rotate: float = math.pi
     tilt: float = math.pi / 64
@@ -110,8 +163,28 @@ class ViewAugment:
     flip: float = 0.5
     jitter: float = 0.005
     jitter_clip: float = 0.02
-    color_shift: float = 0.05
-    color_noise: float = 0.05
+    elastic: bool = True
+    elastic_p: float = 0.95
+    elastic_params: tuple[tuple[float, float], ...] = ((0.2, 0.4), (0.8, 1.6))
+    auto_contrast: bool = False
+    auto_contrast_p: float = 0.2
+    auto_contrast_blend: float | None = None  # None: U(0, 1) per application
+    color_translation: bool = True
+    color_translation_p: float = 0.95
+    color_translation_ratio: float = 0.05
+    color_jitter: bool = False
+    color_jitter_p: float = 0.95
+    color_jitter_std: float = 0.05
+    shared_global_color: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any | None) -> ViewAugment:
+        """From a preset's `data.augment` section (same field names); None gives the defaults."""
+        if config is None:
+            return cls()
+        values = config.model_dump()
+        values["elastic_params"] = tuple(tuple(pair) for pair in values["elastic_params"])
+        return cls(**values)
 
     def matrix(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(A, R): x_aug = A x; R is the rotation-and-flip part (for normals)."""
@@ -121,10 +194,37 @@ class ViewAugment:
         orient = flip @ rot
         return rng.uniform(*self.scale) * orient, orient
 
+    def distort(self, xyz: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The non-rigid part on top of x_aug = A x: clipped per-point jitter, then (p) elastic distortion."""
+        xyz = xyz + np.clip(rng.normal(0, self.jitter, xyz.shape), -self.jitter_clip, self.jitter_clip)
+        if self.elastic and self.elastic_params and rng.random() < self.elastic_p:
+            xyz = elastic_distortion(xyz, self.elastic_params, rng)
+        return xyz
+
+    def colors(self, color: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Colour augmentations on 0..255 values in Sonata's order: auto-contrast, translation, jitter."""
+        color = color.astype(np.float64, copy=True)
+        if self.auto_contrast and rng.random() < self.auto_contrast_p:
+            blend = rng.random() if self.auto_contrast_blend is None else self.auto_contrast_blend
+            color = auto_contrast(color, blend)
+        if self.color_translation and rng.random() < self.color_translation_p:
+            shift = rng.uniform(-1.0, 1.0, (1, 3)) * self.color_translation_ratio * 255.0
+            color = np.clip(color + shift, 0, 255)
+        if self.color_jitter and rng.random() < self.color_jitter_p:
+            color = np.clip(color + rng.normal(0.0, self.color_jitter_std * 255.0, color.shape), 0, 255)
+        return color
+
 
 def make_view(sample: dict[str, Any], scale: tuple[float, float], rng: np.random.Generator, grid_size: float,
-              max_points: int, augment: ViewAugment) -> dict[str, Tensor]:
-    """A crop of the nearest U[scale] share of points around a random point, augmented and grid-sampled."""
+              max_points: int, augment: ViewAugment, augment_color: bool = True) -> dict[str, Tensor]:
+    """A crop of the nearest U[scale] share of points around a random point, augmented and grid-sampled.
+
+    `origin` keeps the pre-augmentation coordinates (cross-view matching) and `transform` the linear part A
+    only. Jitter and elastic distortion come after A as non-rigid perturbations that no matrix undoes, so
+    A^-1 maps a view's vectors (PointINS offsets) back only up to the warp's local stretch: at Sonata's
+    (granularity, magnitude) pairs both have magnitude / granularity = 2 and the smoothed noise changes by
+    ~0.05 per node, so the warp's Jacobian departs from I by ~10 % (and moves points by ~0.1 m rms per
+    axis). `augment_color=False`: colours as given (global views whose colours were augmented once per scene)."""
     coord = sample["coord"]
     n = coord.shape[0]
     centre = coord[rng.integers(n)]
@@ -133,12 +233,10 @@ def make_view(sample: dict[str, Any], scale: tuple[float, float], rng: np.random
     origin = coord[idx].astype(np.float64)
     matrix, orient = augment.matrix(rng)
     shift = (origin.max(0) + origin.min(0)) / 2  # centre shift of the crop's box
-    xyz = (origin - shift) @ matrix.T
-    xyz += np.clip(rng.normal(0, augment.jitter, xyz.shape), -augment.jitter_clip, augment.jitter_clip)
+    xyz = augment.distort((origin - shift) @ matrix.T, rng)
     color = sample["color"][idx].astype(np.float64)
-    color = color + rng.uniform(-1, 1, 3) * augment.color_shift * 255 + rng.normal(0, augment.color_noise * 255,
-                                                                                    color.shape)
-    color = np.clip(color, 0, 255)
+    if augment_color:
+        color = augment.colors(color, rng)
     normal = sample["normal"][idx].astype(np.float64) @ orient.T
     coord_t = torch.from_numpy(xyz).float()
     cells = grid_sample(coord_t, grid_size)
@@ -156,7 +254,7 @@ class SceneViews(Dataset):
 
     def __init__(self, scenes: Any, data: Any, grid_size: float, augment: ViewAugment | None = None) -> None:
         self.scenes, self.data, self.grid_size = scenes, data, grid_size
-        self.augment = augment or ViewAugment()
+        self.augment = augment or ViewAugment.from_config(getattr(data, "augment", None))
 
     def __len__(self) -> int:
         return len(self.scenes) * self.data.loop
@@ -164,9 +262,11 @@ class SceneViews(Dataset):
     def __getitem__(self, index: int) -> dict[str, list[dict[str, Tensor]]]:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))  # follows the trainer's torch seed
         sample = self.scenes[index % len(self.scenes)]
-        d = self.data
-        return {"global": [make_view(sample, d.global_scale, rng, self.grid_size, d.max_view_points, self.augment)
-                           for _ in range(d.global_views)],
+        d, shared = self.data, self.augment.shared_global_color
+        # Sonata's global_shared_transform: one colour draw for the scene, seen by every global view
+        scene = {**sample, "color": self.augment.colors(sample["color"], rng)} if shared else sample
+        return {"global": [make_view(scene, d.global_scale, rng, self.grid_size, d.max_view_points, self.augment,
+                                     augment_color=not shared) for _ in range(d.global_views)],
                 "local": [make_view(sample, d.local_scale, rng, self.grid_size, d.max_view_points, self.augment)
                           for _ in range(d.local_views)]}
 
@@ -291,6 +391,23 @@ def match_views(student: Point, teacher: Point, pairs: Tensor, max_r: float) -> 
     return torch.cat(s_idx), torch.cat(t_idx)
 
 
+def observable_pair(pair: tuple[Tensor, Tensor, str], observed: Tensor) -> tuple[Tensor, Tensor, str]:
+    """The matches whose student point was observed (DOS distils soft-maps only where the student saw)."""
+    s_idx, t_idx, kind = pair
+    keep = observed[s_idx]
+    return s_idx[keep], t_idx[keep], kind
+
+
+def observable_targets(scores: Tensor, targets: list[Tensor], temperature: float, loss: Any) -> Tensor:
+    """Sinkhorn targets balanced over the teacher points that some observed student point distils from;
+    the other rows stay 0 (no loss reads them), so the teacher's scores elsewhere cannot leak in."""
+    q = torch.zeros_like(scores)
+    used = torch.unique(torch.cat(targets)) if targets else scores.new_empty(0, dtype=torch.long)
+    if used.numel():
+        q[used] = sinkhorn(scores[used], temperature, loss.sinkhorn_iters, loss.zipf_alpha)
+    return q
+
+
 # ----------------------------------------------------------------------------- networks
 
 
@@ -347,6 +464,7 @@ class SSLContext:
     pairs: dict[str, tuple[Tensor, Tensor, str]]  # loss name -> (student idx, teacher idx, student kind)
     global_views: int
     local_views: int
+    observed: Tensor | None = None  # loss.observable_only: student global points the student saw (pairs unfiltered)
 
 
 class Sonata(Method):
@@ -386,7 +504,10 @@ class Sonata(Method):
         feat = batch["global_feat"].clone()
         noise = (torch.randn_like(feat[:, :3]) * loss_cfg.mask_jitter).clamp(max=2 * loss_cfg.mask_jitter)
         feat[:, :3] = torch.where(mask.unsqueeze(1), feat[:, :3] + noise, feat[:, :3])
-        student_global = self.student.encode(views_point(batch, "global", feat), mask)
+        student_point = views_point(batch, "global", feat)
+        # pooled by mean like the origin: the share of each head-level point's input points that were masked
+        student_point.extras["masked"] = mask.to(feat.dtype)
+        student_global = self.student.encode(student_point, mask)
         s_mask = self.student.mask_head(student_global.feat).float()
         n_global = int(batch["global_transform"].shape[0])
         view_ids = torch.arange(n_global, device=feat.device)
@@ -403,11 +524,19 @@ class Sonata(Method):
             principal = (local_ids // l_views) * g_views
             pairs["unmask"] = (*match_views(student_local, teacher, principal, loss_cfg.match_max_r), "local")
         temp = sched["teacher_temp"]
-        q_mask = sinkhorn(t_mask, temp, loss_cfg.sinkhorn_iters, loss_cfg.zipf_alpha)
+        observed = None
+        if loss_cfg.observable_only:
+            observed = student_global.extras["masked"] == 0  # no masked input point inside
+            losses = {name: observable_pair(pair, observed) for name, pair in pairs.items() if pair[2] == "global"}
+            q_mask = observable_targets(t_mask, [pair[1] for pair in losses.values()], temp, loss_cfg)
+            terms_pairs = {**pairs, **losses}
+        else:
+            q_mask = sinkhorn(t_mask, temp, loss_cfg.sinkhorn_iters, loss_cfg.zipf_alpha)
+            terms_pairs = pairs
         q_unmask = sinkhorn(t_unmask, temp, loss_cfg.sinkhorn_iters, loss_cfg.zipf_alpha) if l_views else None
         terms: dict[str, Tensor] = {}
         weights = dict(zip(("mask", "roll_mask", "unmask"), loss_cfg.weights, strict=True))
-        for name, (s_idx, t_idx, kind) in pairs.items():
+        for name, (s_idx, t_idx, kind) in terms_pairs.items():
             scores = s_mask if kind == "global" else s_unmask
             target = q_mask if kind == "global" else q_unmask
             if s_idx.numel() == 0:
@@ -420,7 +549,9 @@ class Sonata(Method):
             terms[name] = weights[name] * scene_mean(ce, point.batch[s_idx] // views_per_scene)
         terms.update({"metric/teacher_temp": torch.tensor(temp), "metric/mask_ratio": torch.tensor(
             sched["mask_ratio"]), "metric/mask_size": torch.tensor(sched["mask_size"])})
-        context = SSLContext(teacher, student_global, student_local, pairs, g_views, l_views)
+        if observed is not None:
+            terms["metric/observed_share"] = observed.float().mean()
+        context = SSLContext(teacher, student_global, student_local, pairs, g_views, l_views, observed)
         return terms, context
 
     def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
