@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 
 from pc3d.errors import InputError
 from pc3d.ops import connected_components, kmeans
+from pc3d.ops.clustering import grouped_kmeans
 
 
 def blobs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,3 +76,84 @@ def test_connected_components_chain_and_min_size():
     assert connected_components(pts, radius=1.01, k=2).tolist() == [0] + [1] * 10 + [2, 2]
     assert connected_components(pts, radius=1.01, k=2, min_size=2).tolist() == [-1] + [0] * 10 + [1, 1]
     assert connected_components(pts, radius=1.01, k=2, min_size=3).tolist() == [-1] + [0] * 10 + [-1, -1]
+
+
+def test_grouped_kmeans_equals_kmeans_per_group_with_offset_seeds():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(230, 6, generator=g)
+    # ids need not be contiguous (1 and 3 are empty) and group 2 has fewer points than k
+    group = torch.where(torch.rand(230, generator=g) < 0.5, 0, 4)
+    group[:3] = 2
+    labels, centroids = grouped_kmeans(x, group, 5, iters=15, seed=11)
+    assert centroids.shape == (5, 5, 6)
+    assert sorted(labels[:3].tolist()) == [0, 1, 2]
+    assert torch.all(centroids[2, 3:] == 0) and torch.all(centroids[1] == 0)  # unused rows
+    for gid in (0, 2, 4):
+        rows = group == gid
+        alone_labels, alone_centroids = kmeans(x[rows], min(5, int(rows.sum())), iters=15, seed=11 + gid)
+        assert torch.equal(labels[rows], alone_labels)
+        torch.testing.assert_close(centroids[gid, :alone_centroids.shape[0]], alone_centroids)
+
+
+def test_kmeans_pp_draws_second_centre_with_squared_distance_weights():
+    # k = 2, iters = 0: the centroids are the k-means++ draws; given the first centre, the second must be
+    # each other point with probability d^2 / sum d^2 (checked against the empirical frequency)
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    counts = np.zeros((4, 4))
+    for seed in range(3000):
+        _, centroids = kmeans(x, 2, iters=0, seed=seed)
+        first, second = (int((x[:, 0] == c).nonzero()) for c in centroids[:, 0])
+        counts[first, second] += 1
+    for first in range(4):
+        weights = (x[:, 0] - x[first, 0]).numpy() ** 2
+        expected = weights / weights.sum() * counts[first].sum()
+        assert counts[first, first] == 0
+        assert counts[first].sum() > 500  # the first centre is uniform
+        np.testing.assert_allclose(counts[first], expected, atol=4 * np.sqrt(counts[first].sum() * 0.25))
+
+
+def bfs_labels(points: np.ndarray, radius: float, k: int) -> list[set[int]]:
+    """Brute force: each point joined to its k+1 nearest (itself included) closer than radius; BFS."""
+    n = len(points)
+    dist = np.linalg.norm(points[:, None] - points[None], axis=2)
+    adjacency = [set() for _ in range(n)]
+    for i in range(n):
+        for j in np.argsort(dist[i], kind="stable")[: k + 1]:
+            if dist[i, j] < radius:
+                adjacency[i].add(int(j))
+                adjacency[int(j)].add(i)
+    seen, components = set(), []
+    for start in range(n):
+        if start in seen:
+            continue
+        stack, comp = [start], {start}
+        seen.add(start)
+        while stack:
+            for j in adjacency[stack.pop()]:
+                if j not in seen:
+                    seen.add(j)
+                    comp.add(j)
+                    stack.append(j)
+        components.append(comp)
+    return components
+
+
+@pytest.mark.parametrize("device_path", ["scipy", "torch"])
+def test_grouped_components_equal_bfs_inside_each_group(device_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    pts = rng.random((150, 3)) * 2
+    group = rng.integers(0, 3, 150)
+    if device_path == "torch":  # the CUDA code path (knn + label propagation), run on CPU tensors
+        import pc3d.ops.clustering as clustering
+
+        monkeypatch.setattr(clustering, "_roots_scipy", lambda p, r, k: clustering._roots_torch(p, r, k))
+    labels = connected_components(torch.from_numpy(pts), 0.3, k=5, min_size=4,
+                                  group=torch.from_numpy(group).long()).numpy()
+    expected = np.full(150, -1)
+    components = [sorted(group_idx[list(c)]) for g in range(3) for group_idx in [np.nonzero(group == g)[0]]
+                  for c in bfs_labels(pts[group_idx], 0.3, 5)]
+    big = sorted((c for c in components if len(c) >= 4), key=lambda c: c[0])
+    assert any(len(c) < 4 for c in components) and len(big) > 3
+    for new_id, comp in enumerate(big):
+        expected[comp] = new_id
+    np.testing.assert_array_equal(labels, expected)

@@ -179,3 +179,41 @@ def test_cli_pretrain_quickstart_switches_offset_loss_on_then_probes(cli, tmp_pa
                 "--json", "--set", "data.synthetic_val_count=1", "--set", "data.num_points=2000")
     assert unsup.code == 0, unsup.err
     assert 0.0 <= json.loads(unsup.out)["unsup_miou"] <= 1.0
+
+
+def test_grouped_odr_ranks_each_view_on_its_own() -> None:
+    torch.manual_seed(3)
+    offsets = torch.randn(150, 3) * torch.rand(150, 1)
+    view = torch.randint(0, 3, (150,))
+    prior = ("gamma", {"shape": 0.24, "scale": 2.53})
+    batched = offset_distribution_regularization(offsets, *prior, group=view)
+    for v in range(3):
+        rows = view == v
+        alone = offset_distribution_regularization(offsets[rows], *prior)
+        torch.testing.assert_close(batched[rows], alone, rtol=1e-6, atol=1e-7)
+        rank = torch.argsort(torch.argsort(offsets[rows].norm(dim=1))).numpy()  # scipy, not our PIT
+        expected = stats.gamma(0.24, scale=2.53).ppf((rank + 0.5) / int(rows.sum()))
+        np.testing.assert_allclose(batched[rows].norm(dim=1).numpy(), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("order", ["odr-scr", "scr-odr"])
+def test_batched_targets_equal_view_by_view(order: str) -> None:
+    torch.manual_seed(4)
+    view = torch.tensor([0] * 70 + [1] * 90 + [3] * 60)[torch.randperm(220)]  # interleaved, id 2 unused
+    coord, offsets, feats = torch.rand(220, 3) * 2, torch.randn(220, 3) * 0.3, torch.randn(220, 5)
+    prior = ("gamma", {"shape": 0.24, "scale": 2.53})
+    cfg = OffsetConfig(knn=8, min_points=4, kmeans_k=3, radius=0.5, order=order)
+    target, valid = offset_targets(coord, offsets, feats, view, cfg, prior, seed=9)
+    assert 0 < int(valid.sum()) < 220
+    for v in (0, 1, 3):
+        rows = view == v
+        x, o, f = coord[rows], offsets[rows], feats[rows]
+        scr_args = (f, 3, 10, 8, 0.5, 4, "predicted", 9 + v)  # the per-view k-means seed is seed + view
+        if order == "odr-scr":
+            expected, ok = spatial_clustering_regularization(x, offset_distribution_regularization(o, *prior),
+                                                             *scr_args)
+        else:
+            expected, ok = spatial_clustering_regularization(x, o, *scr_args)
+            expected[ok] = offset_distribution_regularization(expected[ok], *prior)
+        assert torch.equal(valid[rows], ok)
+        torch.testing.assert_close(target[rows], expected, rtol=1e-5, atol=1e-6)

@@ -28,8 +28,8 @@ from torch import Tensor
 from pc3d.engine.method import StepState
 from pc3d.errors import InputError
 from pc3d.methods.sonata import SceneViews, Sonata, collate_views, load_scenes
-from pc3d.ops.clustering import connected_components, kmeans
-from pc3d.ops.pit import probability_integral_transform
+from pc3d.ops.clustering import connected_components, grouped_kmeans
+from pc3d.ops.pit import inverse_cdf
 
 # ----------------------------------------------------------------------------- ODR
 
@@ -45,21 +45,64 @@ def magnitude_prior(offset_cfg: Any, fitted: tuple[float, float] | None = None) 
     return "gamma", {"shape": fitted[0], "scale": fitted[1]}
 
 
-def direction_transform(direction: Tensor) -> Tensor:
-    """Each axis of the unit directions (N,3) rank-mapped onto Uniform[-1, 1], then renormalised."""
-    axes = [probability_integral_transform(direction[:, k], "uniform", low=-1.0, high=1.0) for k in range(3)]
-    return F.normalize(torch.stack(axes, 1), dim=1)
+def direction_transform(direction: Tensor, group: Tensor | None = None) -> Tensor:
+    """Each axis of the unit directions (N,3) rank-mapped onto Uniform[-1, 1] (within each group), then
+    renormalised."""
+    return F.normalize(2.0 * grouped_cdf(direction, group) - 1.0, dim=1).to(direction.dtype)
 
 
-def offset_distribution_regularization(offsets: Tensor, prior: str, params: dict[str, float]) -> Tensor:
-    """ODR of one scene's offsets (N,3): t = F_M^-1(u(|o|)) * direction_transform(o / |o|) (no gradient)."""
+def grouped_ranks(values: Tensor, group: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Rank of each entry of each column of values (N,) or (N,C) within its group (group (N,) int64; None:
+    one group), ties broken by index, and the size of its group: all groups and columns in one sort."""
+    n = values.shape[0]
+    group = torch.zeros(n, dtype=torch.long, device=values.device) if group is None else group
+    cols = values.detach().reshape(n, -1)
+    by_value = torch.argsort(cols, dim=0, stable=True)
+    order = torch.gather(by_value, 0, torch.argsort(group[by_value], dim=0, stable=True))  # by (group, value)
+    counts = torch.bincount(group, minlength=int(group.max()) + 1 if n else 0)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(n, device=values.device).unsqueeze(1)
+                                            - start[group[order]])
+    return rank.reshape(values.shape), counts[group].reshape(-1, *([1] * (values.ndim - 1))).expand_as(values)
+
+
+def grouped_cdf(values: Tensor, group: Tensor | None = None) -> Tensor:
+    """Empirical CDF u = (rank + 0.5) / n within each group (float64): the u of `probability_integral_transform`."""
+    rank, size = grouped_ranks(values, group)
+    return (rank + 0.5).double() / size.double()
+
+
+_PRIOR_KEYS = {"gamma": ("shape", "scale"), "lognormal": ("mu", "sigma"), "uniform": ("low", "high")}
+
+
+def grouped_quantiles(values: Tensor, group: Tensor | None, prior: str, params: dict[str, float]) -> Tensor:
+    """`probability_integral_transform` of values (N,) within each group, all groups in one inverse-CDF call
+    (float64). params must name every parameter of the prior (as `magnitude_prior` gives them)."""
+    if prior not in _PRIOR_KEYS or set(params) != set(_PRIOR_KEYS[prior]):
+        expected = "; ".join(f"{name}({', '.join(keys)})" for name, keys in _PRIOR_KEYS.items())
+        raise InputError(f"ODR prior {prior!r} with parameters {sorted(params)}: expected one of {expected}")
+    n = values.shape[0]
+    group = torch.zeros(n, dtype=torch.long, device=values.device) if group is None else group
+    rank, size = grouped_ranks(values, group)
+    q = inverse_cdf((rank + 0.5).double() / size.double(), prior, **params)
+    # the inverse CDF is monotone; guard it against round-off as the per-scene PIT does: a running max in
+    # rank order inside each group, on a (groups, rank) table padded after each group's last rank
+    table = q.new_full((int(group.max()) + 1 if n else 0, int(size.max()) if n else 0), float("-inf"))
+    table[group, rank] = q
+    return torch.cummax(table, 1).values[group, rank]
+
+
+def offset_distribution_regularization(offsets: Tensor, prior: str, params: dict[str, float],
+                                       group: Tensor | None = None) -> Tensor:
+    """ODR of offsets (N,3), per group (the views; None: one scene): t = F_M^-1(u(|o|)) *
+    direction_transform(o / |o|) (no gradient)."""
     offsets = offsets.detach().float()
     if offsets.shape[0] == 0:
         return offsets
     magnitude = offsets.norm(dim=1)
     direction = offsets / magnitude.clamp_min(1e-12).unsqueeze(1)
-    target_magnitude = probability_integral_transform(magnitude, prior, **params)
-    return target_magnitude.unsqueeze(1) * direction_transform(direction)
+    target_magnitude = grouped_quantiles(magnitude, group, prior, params).float()
+    return target_magnitude.unsqueeze(1) * direction_transform(direction, group)
 
 
 # ----------------------------------------------------------------------------- SCR
@@ -67,25 +110,25 @@ def offset_distribution_regularization(offsets: Tensor, prior: str, params: dict
 
 def spatial_clustering_regularization(coord: Tensor, offsets: Tensor, features: Tensor, k: int, iters: int,
                                       knn: int, radius: float, min_points: int, centroid: str = "predicted",
-                                      seed: int = 0) -> tuple[Tensor, Tensor]:
-    """SCR of one scene: (target offsets (N,3), has-target mask (N,)).
+                                      seed: int = 0, group: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """SCR: (target offsets (N,3), has-target mask (N,)), of one scene or, with `group` (N,) int64 (the views),
+    of each group independently in one pass (k-means of group g seeded with seed + g).
 
     k-means on L2-normalised features; inside each cluster, components of the kNN graph on the predicted
     centroids c = x + o with edges shorter than `radius`; components below `min_points` get no target."""
     n = coord.shape[0]
+    group = torch.zeros(n, dtype=torch.long, device=coord.device) if group is None else group
     centres = (coord + offsets).detach().float()
-    labels, _ = kmeans(F.normalize(features.detach().float(), dim=1), min(k, n), iters, seed)
-    # one graph for all clusters: each cluster is moved far along x, so no edge (< radius) can join two
-    # clusters and every cluster's k nearest neighbours within the radius are its own -- the same components
-    # as one graph per cluster, in a single kNN pass
-    extent = float((centres.max(0).values - centres.min(0).values).max()) if n else 0.0
-    shifted = centres.clone()
-    shifted[:, 0] += labels.to(centres.dtype) * (extent + 4 * radius)
-    component = connected_components(shifted, radius, k=min(knn, n), min_size=min_points)
-    next_id = int(component.max()) + 1 if n else 0
-    valid = component >= 0
     target = torch.zeros_like(centres)
-    if valid.any():
+    if n == 0:
+        return target, torch.zeros(0, dtype=torch.bool, device=coord.device)
+    labels, _ = grouped_kmeans(F.normalize(features.detach().float(), dim=1), group, k, iters, seed)
+    # one graph for every (group, k-means cluster): connected_components keeps groups apart, so the
+    # components are those of one graph per cluster, in a single kNN pass
+    component = connected_components(centres, radius, k=min(knn, n), min_size=min_points, group=group * k + labels)
+    next_id = int(component.max()) + 1
+    valid = component >= 0
+    if next_id:
         source = centres if centroid == "predicted" else coord.float()
         ids = component[valid]
         sums = torch.zeros(next_id, 3, dtype=source.dtype, device=source.device).index_add_(0, ids, source[valid])
@@ -99,28 +142,30 @@ def spatial_clustering_regularization(coord: Tensor, offsets: Tensor, features: 
 
 def offset_targets(coord: Tensor, offsets: Tensor, features: Tensor, view: Tensor, cfg: Any,
                    prior: tuple[str, dict[str, float]], seed: int = 0) -> tuple[Tensor, Tensor]:
-    """One target per point, view by view, in the configured order (ODR then SCR by default)."""
-    target = torch.zeros_like(offsets, dtype=torch.float32)
-    valid = torch.zeros(offsets.shape[0], dtype=torch.bool, device=offsets.device)
-    for v in torch.unique(view).tolist():
-        sel = torch.nonzero(view == v).squeeze(1)
-        o, x, f = offsets[sel].detach().float(), coord[sel].float(), features[sel]
-        ok = torch.ones(sel.numel(), dtype=torch.bool, device=o.device)
-        if cfg.order == "odr-scr":
-            if cfg.odr:
-                o = offset_distribution_regularization(o, *prior)
-            if cfg.scr:
-                o, ok = spatial_clustering_regularization(x, o, f, cfg.kmeans_k, cfg.kmeans_iters, cfg.knn,
-                                                          cfg.radius, cfg.min_points, cfg.centroid, seed + v)
-        else:
-            if cfg.scr:
-                o, ok = spatial_clustering_regularization(x, o, f, cfg.kmeans_k, cfg.kmeans_iters, cfg.knn,
-                                                          cfg.radius, cfg.min_points, cfg.centroid, seed + v)
-            if cfg.odr and ok.any():
-                o = o.clone()
-                o[ok] = offset_distribution_regularization(o[ok], *prior)
-        target[sel], valid[sel] = o, ok
-    return target, valid
+    """One target per point, each view on its own (ranks, k-means seeded with seed + view, graphs), all views
+    in one batched pass, in the configured order (ODR then SCR by default)."""
+    o, x = offsets.detach().float(), coord.float()
+    view = view.long()
+    ok = torch.ones(o.shape[0], dtype=torch.bool, device=o.device)
+    if o.shape[0] == 0:
+        return o, ok
+
+    def scr(o: Tensor) -> tuple[Tensor, Tensor]:
+        return spatial_clustering_regularization(x, o, features, cfg.kmeans_k, cfg.kmeans_iters, cfg.knn,
+                                                 cfg.radius, cfg.min_points, cfg.centroid, seed, group=view)
+
+    if cfg.order == "odr-scr":
+        if cfg.odr:
+            o = offset_distribution_regularization(o, *prior, group=view)
+        if cfg.scr:
+            o, ok = scr(o)
+    else:
+        if cfg.scr:
+            o, ok = scr(o)
+        if cfg.odr and ok.any():
+            o = o.clone()
+            o[ok] = offset_distribution_regularization(o[ok], *prior, group=view[ok])
+    return o, ok
 
 
 def offset_loss(pred: Tensor, target: Tensor) -> Tensor:
