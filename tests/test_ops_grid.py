@@ -17,10 +17,11 @@ def test_grid_sample_cells_inverse_and_reductions():
     coords = torch.rand(500, 3, generator=g, dtype=torch.float64) * 2
     batch = torch.randint(0, 3, (500,), generator=g)
     gs = grid_sample(coords, 0.25, batch)
-    for b in range(3):  # grid_coord is relative to each batch entry's minimum corner
-        pts = coords[batch == b].numpy()
-        expect = np.floor((pts - pts.min(0)) / 0.25).astype(np.int64)
-        assert np.array_equal(gs.grid_coord[batch == b].numpy(), expect)
+    for b in range(3):  # Pointcept: origin-aligned cells, shifted so each batch entry's lowest cell is 0
+        cells = np.floor(coords[batch == b].numpy() / 0.25).astype(np.int64)
+        assert np.array_equal(gs.grid_coord[batch == b].numpy(), cells - cells.min(0))
+    # cell edges sit on multiples of the grid size, not on the cloud's minimum: 0.5 and 1.2 differ at g = 1
+    assert grid_sample(torch.tensor([[0.5, 0, 0], [1.2, 0, 0]], dtype=torch.float64), 1.0).num_cells == 2
     keys = {(int(b), *map(int, c)) for b, c in zip(batch, gs.grid_coord, strict=True)}
     assert gs.num_cells == len(keys) and int(gs.counts.sum()) == 500
     assert torch.equal(gs.cell_coord[gs.inverse], gs.grid_coord) and torch.equal(gs.cell_batch[gs.inverse], batch)

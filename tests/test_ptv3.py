@@ -133,6 +133,24 @@ def test_grid_pooling_takes_segment_max_and_mean() -> None:
     torch.testing.assert_close(fine.feat[:, 3:], coarse.feat[coarse.pooling_inverse])
 
 
+def test_pooled_levels_serialise_with_the_parent_depth_minus_one() -> None:
+    """PTv3 orders a pooled level by its parent's codes >> 3 (depth - 1), not by a depth recomputed from the
+    pooled extent; the two differ for Hilbert curves when the finest max cell is 2^k - 2 (here 6)."""
+    from pc3d.ops.serialization import encode
+
+    point = serialize(cube_point(7, batch=2), ("hilbert", "z-trans"), shuffle=False)
+    assert point.depth == 3
+    coarse = serialize(GridPooling(4, 4)(point), ("hilbert", "z-trans"), shuffle=False)
+    assert coarse.depth == 2  # recomputing would give bit_length(3 + 1) = 3
+    for row, name in enumerate(("hilbert", "z-trans")):
+        parent_codes = encode(point.grid_coord, point.batch, 3, name) >> 3
+        # every fine point of a coarse cell has the same code >> 3: scatter any of them to the cell
+        shifted = torch.zeros(coarse.feat.shape[0], dtype=torch.long).scatter_(0, coarse.pooling_inverse, parent_codes)
+        assert torch.equal(coarse.orders[row], torch.argsort(shifted))
+    recomputed = encode(coarse.grid_coord, coarse.batch, 3, "hilbert")
+    assert not torch.equal(coarse.orders[0], torch.argsort(recomputed))
+
+
 def test_encoder_forward_and_upcast_widths() -> None:
     torch.manual_seed(0)
     point = cube_point(6, batch=2, channels=9)

@@ -41,6 +41,7 @@ class Point:
     parent: Point | None = None  # the finer level this one was pooled from
     pooling_inverse: Tensor | None = None  # (N_parent,) which point of this level each parent point joined
     extras: dict[str, Tensor] = field(default_factory=dict)  # per-point values pooled by mean (origin_coord)
+    depth: int | None = None  # serialisation bits per axis; a pooled level carries its parent's minus one
 
     @property
     def num_scenes(self) -> int:
@@ -67,7 +68,9 @@ def serialize(point: Point, orders: tuple[str, ...], shuffle: bool) -> Point:
     names = list(orders)
     if shuffle:
         names = [names[i] for i in torch.randperm(len(names)).tolist()]
-    depth = max(int(point.grid_coord.max() + 1).bit_length(), 1)
+    # PTv3: the input level's depth comes from its extent; pooled levels take the parent's depth - 1 (its codes
+    # shifted by 3 bits), which is one less than recomputing whenever the max cell is 2^k - 2
+    depth = point.depth or max(int(point.grid_coord.max() + 1).bit_length(), 1)
     if depth > MAX_DEPTH:
         raise InputError(f"serialize: the scene spans {int(point.grid_coord.max()) + 1} cells per axis, more "
                          f"than 2^{MAX_DEPTH}; use a larger grid size")
@@ -75,7 +78,7 @@ def serialize(point: Point, orders: tuple[str, ...], shuffle: bool) -> Point:
     order = torch.argsort(codes, dim=1)
     inverse = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
                                               .expand_as(order).contiguous())
-    return replace(point, orders=order, inverses=inverse)
+    return replace(point, orders=order, inverses=inverse, depth=depth)
 
 
 def sparse_tensor(point: Point) -> object:
@@ -232,7 +235,8 @@ class GridPooling(nn.Module):
         extras = {k: scatter_mean(v, cells.inverse, 0, n) for k, v in point.extras.items()}
         return Point(coord=scatter_mean(point.coord, cells.inverse, 0, n), grid_coord=cells.cell_coord,
                      batch=cells.cell_batch, feat=self.act(self.norm(feat)), parent=point,
-                     pooling_inverse=cells.inverse, extras=extras)
+                     pooling_inverse=cells.inverse, extras=extras,
+                     depth=max(point.depth - 1, 1) if point.depth else None)
 
 
 # ----------------------------------------------------------------------------- the encoder

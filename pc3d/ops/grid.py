@@ -44,7 +44,8 @@ class GridSample:
 def grid_sample(coords: Tensor, grid_size: float, batch: Tensor | None = None) -> GridSample:
     """Quantise coords (N,3) to cells of edge `grid_size`; cells of different batch entries never merge.
 
-    grid_coord = floor((coord - min of its batch entry) / grid_size), as Pointcept's GridSample does.
+    grid_coord = floor(coord / grid_size) - its batch entry's minimum of that, as Pointcept's GridSample does
+    (cells are aligned to the origin, not to the cloud's minimum, so PTv3 weights see the same cells).
     """
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise InputError(f"grid_sample: coords must have shape (N,3), got {tuple(coords.shape)}")
@@ -57,9 +58,10 @@ def grid_sample(coords: Tensor, grid_size: float, batch: Tensor | None = None) -
         raise InputError(f"grid_sample: batch must have shape ({n},), got {tuple(batch.shape)}")
     batch = batch.long()
     num_batches = int(batch.max()) + 1 if n else 0
-    lo = torch.full((num_batches, 3), float("inf"), dtype=coords.dtype, device=coords.device)
-    lo = lo.scatter_reduce(0, batch.unsqueeze(1).expand(-1, 3), coords, "amin")
-    grid_coord = torch.floor((coords - lo[batch]) / grid_size).long()
+    cell = torch.floor(coords / grid_size).long()
+    lo = torch.full((num_batches, 3), torch.iinfo(torch.long).max, dtype=torch.long, device=coords.device)
+    lo = lo.scatter_reduce(0, batch.unsqueeze(1).expand(-1, 3), cell, "amin")
+    grid_coord = cell - lo[batch]
     keys = torch.cat([batch.unsqueeze(1), grid_coord], dim=1)
     cells, inverse, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
     first = torch.full((cells.shape[0],), n, dtype=torch.long, device=coords.device)
