@@ -25,6 +25,12 @@ class PTv3Config(StrictModel):
     orders: tuple[Curve, ...] = ("z", "z-trans", "hilbert", "hilbert-trans")
     shuffle_orders: bool = True
     grid_size: float = Field(0.02, gt=0, description="grid-sampling cell edge in metres")
+    stem: Literal["linear", "sparse-conv"] = Field(
+        "linear", description="embedding: Linear + norm + GELU (Sonata) or a k5 sparse conv + norm + GELU (PTv3 v3m1)")
+    down_norm: Literal["layer", "batch"] = Field(
+        "layer", description="norm of the embedding and the pooling: LayerNorm (Sonata) or BatchNorm (PTv3 v3m1)")
+    layer_scale: float | None = Field(None, gt=0, description="initial per-channel residual scale; null = none "
+                                      "(Sonata's released encoder has none)")
 
     @model_validator(mode="after")
     def _stages(self) -> PTv3Config:

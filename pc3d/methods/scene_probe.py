@@ -91,7 +91,10 @@ class ProbeScenes(Dataset):
         sample = self.scenes[index % len(self.scenes)]
         coord = sample["coord"].astype(np.float64)
         normal = sample["normal"].astype(np.float64)
-        coord = coord - (coord.max(0) + coord.min(0)) / 2
+        # Pointcept's CenterShift(apply_z=True): x/y centred, floor at z = 0 -- coordinates are input features,
+        # so official Sonata/PTv3 weights expect this frame
+        low, high = coord.min(0), coord.max(0)
+        coord = coord - np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]])
         if self.augment:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
             angle = rng.uniform(-math.pi, math.pi)
@@ -374,7 +377,15 @@ def offset_init_note(mode: str, loaded_from: str | None, levels: int | None, che
 
 def load_encoder(module: nn.Module, weights: dict[str, Tensor], source: str,
                  extra_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Encoder (and `extra_prefixes`) tensors from a Sonata / PointINS run (teacher preferred) or a probe run."""
+    """Encoder (and `extra_prefixes`) tensors from a Sonata / PointINS run (teacher preferred), a probe run, or an
+    official Sonata / Pointcept PTv3 checkpoint (mapped by pc3d.models.convert_ptv3)."""
+    from pc3d.models.convert_ptv3 import is_official_ptv3, load_official_encoder
+
+    if is_official_ptv3(weights):
+        if extra_prefixes:
+            raise InputError(f"{source}: an official PTv3 / Sonata checkpoint has only the encoder, not "
+                             f"{', '.join(p.rstrip('.') for p in extra_prefixes)}")
+        return load_official_encoder(module.encoder, weights, source)
     for prefix in ("teacher.", "student.", ""):
         mapped = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix + "encoder.")
                   or any(k.startswith(prefix + e) for e in extra_prefixes)}

@@ -415,7 +415,8 @@ def build_encoder(model: Any, teacher: bool = False) -> PTv3Encoder:
     return PTv3Encoder(in_channels=model.in_channels, depths=tuple(model.depths), channels=tuple(model.channels),
                        heads=tuple(model.heads), patch_size=model.patch_size, mlp_ratio=model.mlp_ratio,
                        drop_path=0.0 if teacher else model.drop_path, orders=tuple(model.orders),
-                       shuffle_orders=model.shuffle_orders)
+                       shuffle_orders=model.shuffle_orders, stem=model.stem, down_norm=model.down_norm,
+                       layer_scale=model.layer_scale)
 
 
 class OffsetHead(nn.Module):

@@ -169,6 +169,49 @@ class SparseCPE(nn.Module):
         return self.norm(self.linear(out.features))
 
 
+class SparseStem(nn.Module):
+    """The embedding of Pointcept's PTv3 v3m1: SubMConv3d(k5, no bias) over the input cells + norm + GELU.
+
+    It reads the level's sparse tensor, so the encoder runs it after serialising the input level."""
+
+    def __init__(self, in_channels: int, channels: int, norm: nn.Module) -> None:
+        super().__init__()
+        from pc3d.models.sparse import spconv
+
+        self.conv = spconv.SubMConv3d(in_channels, channels, 5, bias=False, indice_key="stem")
+        self.cuda_algo = self.conv.algo
+        self.norm = norm
+        self.act = nn.GELU()
+
+    def forward(self, point: Point) -> Tensor:
+        from pc3d.models.sparse import ConvAlgo
+
+        self.conv.algo = ConvAlgo.Native if point.feat.device.type == "cpu" else self.cuda_algo
+        out = self.conv(point.sparse.replace_feature(point.feat))
+        point.sparse = out  # the stem's index pairs stay cached beside the CPEs' (another indice key)
+        return self.act(self.norm(out.features))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale (Sonata's optional `layer_scale`; off in the released model)."""
+
+    def __init__(self, channels: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """LayerNorm (Sonata) or BatchNorm1d with Pointcept's eps 1e-3 / momentum 0.01 (PTv3 v3m1's stem, pooling)."""
+    if kind == "layer":
+        return nn.LayerNorm(channels)
+    if kind == "batch":
+        return nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
+    raise InputError(f"PTv3: norm must be 'layer' or 'batch', got {kind!r}")
+
+
 class SerializedAttention(nn.Module):
     """Multi-head self-attention inside patches of consecutive points in one serialised order."""
 
@@ -197,7 +240,8 @@ class SerializedAttention(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, channels: int, heads: int, patch_size: int, mlp_ratio: float, drop_path: float,
-                 order_index: int, indice_key: str, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+                 order_index: int, indice_key: str, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 layer_scale: float | None = None) -> None:
         super().__init__()
         self.order_index = order_index
         self.cpe = SparseCPE(channels, indice_key)
@@ -208,11 +252,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Dropout(proj_drop),
                                  nn.Linear(hidden, channels), nn.Dropout(proj_drop))
         self.drop_path = DropPath(drop_path)
+        # no modules at all without layer scale, so such encoders keep their state-dict keys
+        self.ls1 = LayerScale(channels, layer_scale) if layer_scale is not None else None
+        self.ls2 = LayerScale(channels, layer_scale) if layer_scale is not None else None
 
     def forward(self, point: Point) -> Point:
         feat = point.feat + self.cpe(point, point.feat)
-        feat = feat + self.drop_path(self.attn(point, self.norm1(feat), self.order_index))
-        feat = feat + self.drop_path(self.mlp(self.norm2(feat)))
+        attn = self.attn(point, self.norm1(feat), self.order_index)
+        feat = feat + self.drop_path(self.ls1(attn) if self.ls1 is not None else attn)
+        mlp = self.mlp(self.norm2(feat))
+        feat = feat + self.drop_path(self.ls2(mlp) if self.ls2 is not None else mlp)
         point.feat = feat
         return point
 
@@ -220,11 +269,11 @@ class Block(nn.Module):
 class GridPooling(nn.Module):
     """Cells of twice the size: feat = segment-max of Linear(feat), coord / extras = segment-mean."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2, norm: str = "layer") -> None:
         super().__init__()
         self.stride = stride
         self.proj = nn.Linear(in_channels, out_channels)
-        self.norm = nn.LayerNorm(out_channels)
+        self.norm = make_norm(norm, out_channels)
         self.act = nn.GELU()
 
     def forward(self, point: Point) -> Point:
@@ -252,13 +301,18 @@ class PTv3Size:
 
 class PTv3Encoder(nn.Module):
     """Embedding + stages of blocks joined by grid pooling; `forward` returns the coarsest level, whose
-    `parent` chain leads back to the finest (use `up_cast` for multi-scale features)."""
+    `parent` chain leads back to the finest (use `up_cast` for multi-scale features).
+
+    The defaults are Sonata's encoder (Linear + LayerNorm + GELU stem, LayerNorm pooling, no layer scale);
+    `stem="sparse-conv"` with `down_norm="batch"` is Pointcept's PTv3 v3m1 (k5 sparse-conv stem, BatchNorm in
+    the stem and the pooling), so either family of official checkpoints maps onto this module."""
 
     def __init__(self, in_channels: int = 9, depths: tuple[int, ...] = (3, 3, 3, 12, 3),
                  channels: tuple[int, ...] = (48, 96, 192, 384, 512), heads: tuple[int, ...] = (3, 6, 12, 24, 32),
                  patch_size: int = 1024, mlp_ratio: float = 4.0, drop_path: float = 0.3,
                  orders: tuple[str, ...] = ORDERS, shuffle_orders: bool = True, mask_token: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, stem: str = "linear", down_norm: str = "layer",
+                 layer_scale: float | None = None) -> None:
         super().__init__()
         if not len(depths) == len(channels) == len(heads):
             raise InputError("PTv3: depths, channels and heads must have one entry per stage")
@@ -267,7 +321,14 @@ class PTv3Encoder(nn.Module):
             raise InputError(f"PTv3: orders must be taken from {', '.join(ORDERS)}, got {list(orders)}")
         self.orders, self.shuffle_orders = tuple(orders), shuffle_orders
         self.channels = tuple(channels)
-        self.embedding = nn.Sequential(nn.Linear(in_channels, channels[0]), nn.LayerNorm(channels[0]), nn.GELU())
+        if stem not in ("linear", "sparse-conv"):
+            raise InputError(f"PTv3: stem must be 'linear' or 'sparse-conv', got {stem!r}")
+        self.stem = stem
+        if stem == "linear":
+            self.embedding: nn.Module = nn.Sequential(nn.Linear(in_channels, channels[0]),
+                                                      make_norm(down_norm, channels[0]), nn.GELU())
+        else:
+            self.embedding = SparseStem(in_channels, channels[0], make_norm(down_norm, channels[0]))
         self.mask_token = nn.Parameter(torch.zeros(1, channels[0])) if mask_token else None
         if self.mask_token is not None:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -277,10 +338,10 @@ class PTv3Encoder(nn.Module):
         done = 0
         for s, (depth, width, head) in enumerate(zip(depths, channels, heads, strict=True)):
             if s:
-                self.pools.append(GridPooling(channels[s - 1], width))
+                self.pools.append(GridPooling(channels[s - 1], width, norm=down_norm))
             self.stages.append(nn.ModuleList(
-                Block(width, head, patch_size, mlp_ratio, rates[done + i], i, f"stage{s}", attn_drop, proj_drop)
-                for i in range(depth)))
+                Block(width, head, patch_size, mlp_ratio, rates[done + i], i, f"stage{s}", attn_drop, proj_drop,
+                      layer_scale) for i in range(depth)))
             done += depth
 
     def _prepare(self, point: Point) -> Point:
@@ -289,12 +350,16 @@ class PTv3Encoder(nn.Module):
         return point
 
     def forward(self, point: Point, mask: Tensor | None = None) -> Point:
-        feat = self.embedding(point.feat)
+        if self.stem == "linear":
+            point = self._prepare(replace(point, feat=self.embedding(point.feat)))
+        else:  # the sparse conv needs the input level's sparse tensor first
+            point = self._prepare(point)
+            point.feat = self.embedding(point)
         if mask is not None:
             if self.mask_token is None:
                 raise InputError("PTv3: masking needs a model built with mask_token=True")
-            feat = torch.where(mask.unsqueeze(1), self.mask_token.to(feat.dtype).expand_as(feat), feat)
-        point = self._prepare(replace(point, feat=feat))
+            point.feat = torch.where(mask.unsqueeze(1), self.mask_token.to(point.feat.dtype).expand_as(point.feat),
+                                     point.feat)
         for s, blocks in enumerate(self.stages):
             if s:
                 point = self._prepare(self.pools[s - 1](point))
