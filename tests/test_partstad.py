@@ -191,7 +191,7 @@ def test_null_label_wins_where_no_box_covers_a_superpoint():
     scores[1] = 0  # as if no box covered superpoint 1
     probs = part_probabilities(scores, network.null_score())
     assert int(probs[1].argmax()) == 0
-    assert float(probs[1, 0]) == pytest.approx(math.exp(10) / (math.exp(10) + 3))
+    assert float(probs[1, 0].detach()) == pytest.approx(math.exp(10) / (math.exp(10) + 3))
     labels = assign_labels(probs[:, 1:], torch.ones(3, dtype=torch.bool), 0.5 - 1e-4, [False] * 3)
     assert int(labels[1]) == -1
 
@@ -224,3 +224,38 @@ def test_partslip_voting_ignores_whole_object_boxes():
 
     weights, null = box_weights(votes, VotingConfig(weighting="none"), None)
     assert null is None and weights[0] == 0 and (weights[1:] == 1).all()
+
+
+def _two_part_views(num_views: int) -> tuple[Views, np.ndarray]:
+    """Every view shows part 0 (points 0-7) in the left half and part 1 (points 8-15) in the right half."""
+    rng = np.random.default_rng(0)
+    size = 32
+    uv = np.concatenate([rng.uniform([2, 4], [12, 28], (8, 2)), rng.uniform([18, 4], [30, 28], (8, 2))])
+    images = np.full((num_views, size, size, 3), 255, np.uint8)
+    views = Views(images, torch.full((num_views, size, size), -1), torch.ones(num_views, 16, dtype=torch.bool),
+                  torch.as_tensor(np.repeat(uv[None], num_views, 0)), torch.zeros(num_views, 3))
+    return views, np.repeat([0, 1], 8)
+
+
+@pytest.mark.parametrize("signal", [0.0, 1.0])
+def test_oracle_confidence_ranks_right_boxes_above_wrong_ones_as_configured(signal):
+    from scipy.stats import mannwhitneyu
+
+    from pc3d.config.partstad import DetectorConfig
+    from pc3d.methods.partstad import oracle_detections
+
+    views, semantic = _two_part_views(1000)
+    cfg = DetectorConfig(kind="oracle", oracle_label_noise=0.5, oracle_score_signal=signal)
+    per_view = oracle_detections(views, semantic, semantic.copy(), 2, cfg, seed=1)
+    boxes = torch.cat([d.boxes for d in per_view]).numpy()
+    labels = torch.cat([d.labels for d in per_view]).numpy()
+    scores = torch.cat([d.scores for d in per_view]).numpy()
+    features = torch.cat([d.features for d in per_view]).numpy()
+    true_part = (boxes[:, 0] >= 16).astype(int)  # no jitter: each box is its part's tight box
+    right = labels == true_part
+    assert len(labels) == 2000 and 0.4 < right.mean() < 0.6
+    assert scores.min() >= 0.5 and scores.max() <= 1.0
+    assert np.array_equal(features[:, :2], np.eye(2)[labels]) and np.allclose(features[:, 2], scores)
+    # AUC of right vs wrong scores: Beta(1+s,1) vs Beta(1,1+s) -> 1/2 for s = 0, 5/6 for s = 1
+    auc = mannwhitneyu(scores[right], scores[~right]).statistic / (right.sum() * (~right).sum())
+    assert auc == pytest.approx(0.5 if signal == 0 else 5 / 6, abs=0.06)

@@ -57,7 +57,10 @@ def test_segment_oracle_boxes_give_high_miou(cli, objects, tmp_path):
     assert result.code == 0, result.err
     summary = json.loads(result.out)
     assert summary["weighting"] == "none"  # no weights given: PartSLIP voting
-    assert summary["miou"] > 0.7  # 1024 points; clean oracle mean: 0.72 (1024), 0.84 (2048 points)
+    # measured with region-growing superpoints (the default): 0.743 on this 1024-point chair (cut pursuit: 0.701;
+    # at 1024 points it leaves 59% of the points in components of <= 10 points, which PartSLIP's small-component
+    # merge hands to ~11 superpoints that straddle parts)
+    assert summary["miou"] > 0.7
 
 
 def test_segment_without_part_labels_rejects_the_oracle(cli, tmp_path):
@@ -70,13 +73,21 @@ def test_segment_without_part_labels_rejects_the_oracle(cli, tmp_path):
 
 
 def test_fewshot_weights_beat_voting_on_noisy_oracle_boxes(cli, tmp_path):
-    out = tmp_path / "runs"
-    result = cli("finetune", "partstad-fewshot", "--preset", "quickstart", "--out", out, "--json")
-    assert result.code == 0, result.err
-    summary = json.loads(result.out)
-    test = summary["test"]
-    assert test["shapes"] == 8
-    assert test["partstad"]["miou"] > test["partslip_voting"]["miou"] + 0.01
+    # trained - voting test mIoU per seed (8 test chairs), region-growing superpoints (default), seeds 0-2:
+    # +0.036 +0.009 +0.022; cut pursuit, seeds 0-5: +0.022 +0.003 +0.013 +0.005 +0.070 +0.028; the same boxes with
+    # uninformative confidences (detector.oracle_score_signal=0, cut pursuit): +0.024 -0.019 -0.037 -0.007 +0.043
+    # +0.006. One seed's 8 chairs are too few to judge, so: mean over seeds 0-2 > +0.005, none much worse.
+    gains = []
+    for seed in (0, 1, 2):
+        result = cli("finetune", "partstad-fewshot", "--preset", "quickstart", "--seed", str(seed),
+                     "--out", tmp_path / f"runs{seed}", "--json")
+        assert result.code == 0, result.err
+        test = json.loads(result.out)["test"]
+        assert test["shapes"] == 8
+        gains.append(test["partstad"]["miou"] - test["partslip_voting"]["miou"])
+        if seed == 0:
+            out, summary = tmp_path / "runs0", json.loads(result.out)
+    assert min(gains) > -0.01 and float(np.mean(gains)) > 0.005, gains
     assert summary["best"]["metric"] == "val/miou"
     assert any((out / "partstad-cache" / "Chair").glob("*.npz"))  # 2D outputs cached per shape
     # the trained weights drive `pc3d segment --checkpoint` on a labelled PartNetE test chair

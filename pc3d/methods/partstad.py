@@ -3,9 +3,10 @@
 Per shape (`prepare_shape`):
   1. normalise to the unit sphere; render 10 fixed views with pc3d's rasteriser (`render_views`): image,
      per-pixel point index, per-point visibility and screen coordinates;
-  2. detect text-prompted part boxes in every view (Grounding DINO / OWLv2 / oracle) and, optionally, SAM masks;
+  2. detect text-prompted part boxes in every view (Grounding DINO / OWLv2 / oracle: true part boxes with
+     detector-like noise and confidences) and, optionally, SAM masks;
   3. oversegment the cloud into superpoints (`superpoints`: normals, kNN graph, geometry+colour edge weights,
-     region-growing graph partition, small components merged);
+     L0 cut pursuit or region-growing graph partition, small components merged);
   4. record which visible point of which superpoint falls in which box / mask (`ShapeVotes`).
 Then (`superpoint_scores` -> `assign_labels`):
   s_jc = (1/V_j) sum_v sum_{p in j visible in v} max_{b in v, label c} [p in b] w_b ,
@@ -149,14 +150,21 @@ def superpoint_graph(points: np.ndarray, colors: np.ndarray | None, cfg: Superpo
 
 
 def superpoints(points: np.ndarray, colors: np.ndarray | None, cfg: SuperpointConfig) -> np.ndarray:
-    """(N,) superpoint id 0..S-1 of every point."""
+    """(N,) superpoint id 0..S-1 of every point: the graph's partition (`cfg.method`), small parts merged away."""
+    from pc3d.ops.cut_pursuit import l0_cut_pursuit
     from pc3d.ops.graph_partition import merge_small_components, region_growing_partition
 
     if len(points) <= 2:
         return np.zeros(len(points), np.int64)
-    _, edges, weights = superpoint_graph(points, colors, cfg)
-    # w = (1 / (1 + d/mean d + f/mean f))^2  ->  dissimilarity d/mean d + f/mean f
-    components = region_growing_partition(len(points), edges, 1.0 / np.sqrt(weights) - 1.0, cfg.scale)
+    features, edges, weights = superpoint_graph(points, colors, cfg)
+    if cfg.method == "cut-pursuit":
+        # libcp minimises 1/2 sum ||x - f||^2 + reg sum w [x_i != x_j]; l0_cut_pursuit has no 1/2, hence 2 * reg.
+        # 15 iterations and a 5% progress stop: libcp's settings for superpoint graphs (speed 4), which PartSLIP uses.
+        components, _ = l0_cut_pursuit(features, edges, weights, 2.0 * cfg.reg, max_iterations=15,
+                                       stopping_ratio=0.05)
+    else:
+        # w = (1 / (1 + d/mean d + f/mean f))^2  ->  dissimilarity d/mean d + f/mean f
+        components = region_growing_partition(len(points), edges, 1.0 / np.sqrt(weights) - 1.0, cfg.scale)
     return merge_small_components(points, components, cfg.min_size)
 
 
@@ -188,17 +196,21 @@ class ViewDetections:
         return torch.nonzero(self.view == v).reshape(-1)
 
 
-ORACLE_STATS = 10  # image statistics appended to the one-hot label in oracle box features
+ORACLE_STATS = 10  # image statistics appended to the one-hot label and score in oracle box features
 
 
 def oracle_feature_dim(num_parts: int) -> int:
-    return num_parts + ORACLE_STATS
+    return num_parts + 1 + ORACLE_STATS
 
 
 def oracle_detections(views: Views, semantic: np.ndarray, instance: np.ndarray, num_parts: int,
                       cfg: DetectorConfig, seed: int = 0) -> list[Any]:
     """Boxes of the true part instances in every view (tight boxes of their visible points), optionally noisy:
-    wrong labels, jittered corners, spurious boxes. Feature = [one-hot label, box image statistics]."""
+    wrong labels, jittered corners, spurious boxes. Like a real detector's, the confidence tells right from wrong
+    boxes only on average: score = 0.5 + 0.5 u with u ~ Beta(1 + s, 1) for right boxes and Beta(1, 1 + s) for
+    wrong-label and spurious ones (s = `oracle_score_signal`; 0: uniform scores that say nothing).
+    Feature = [one-hot label, score, box image statistics]: a detector's box feature determines its score (Grounding
+    DINO / OWLv2 / GLIP score = feature . text embedding), so the oracle's feature carries it."""
     from pc3d.foundation.detector import Detections
 
     rng = np.random.default_rng([cfg.oracle_seed, seed])
@@ -207,7 +219,7 @@ def oracle_detections(views: Views, semantic: np.ndarray, instance: np.ndarray, 
     for v in range(len(views.images)):
         vis = views.visible[v].numpy()
         uv = views.uv[v].numpy()
-        boxes, labels = [], []
+        boxes, labels, wrong = [], [], []
         keys = np.unique(np.stack([semantic[vis], instance[vis]], 1), axis=0) if vis.any() else np.zeros((0, 2))
         for part, inst in keys:
             if part < 0:
@@ -218,14 +230,17 @@ def oracle_detections(views: Views, semantic: np.ndarray, instance: np.ndarray, 
             lo, hi = uv[member].min(0), uv[member].max(0) + 1
             boxes.append(np.concatenate([lo, hi]))
             labels.append(int(part))
+            wrong.append(False)
         if vis.any() and cfg.oracle_extra > 0:  # spurious boxes inside the object's extent
             lo, hi = uv[vis].min(0), uv[vis].max(0) + 1
             for _ in range(rng.poisson(cfg.oracle_extra)):
                 a, b = rng.uniform(lo, hi), rng.uniform(lo, hi)
                 boxes.append(np.concatenate([np.minimum(a, b), np.maximum(a, b)]))
                 labels.append(int(rng.integers(num_parts)))
+                wrong.append(True)
         boxes_np = np.array(boxes, dtype=np.float64).reshape(-1, 4)
         labels_np = np.array(labels, dtype=np.int64)
+        wrong_np = np.array(wrong, dtype=bool)
         if len(boxes_np) and cfg.oracle_jitter > 0:
             extent = np.concatenate([boxes_np[:, 2:] - boxes_np[:, :2]] * 2, 1)
             boxes_np = boxes_np + rng.normal(0, cfg.oracle_jitter, boxes_np.shape) * extent
@@ -235,16 +250,20 @@ def oracle_detections(views: Views, semantic: np.ndarray, instance: np.ndarray, 
             flip = rng.random(len(labels_np)) < cfg.oracle_label_noise
             shift = rng.integers(1, num_parts, len(labels_np))
             labels_np = np.where(flip, (labels_np + shift) % num_parts, labels_np)
+            wrong_np |= flip
         boxes_np = np.clip(boxes_np, 0, size)
         ok = (boxes_np[:, 2] - boxes_np[:, 0] >= 1) & (boxes_np[:, 3] - boxes_np[:, 1] >= 1)
-        boxes_np, labels_np = boxes_np[ok], labels_np[ok]
-        scores = rng.uniform(0.5, 1.0, len(labels_np))
+        boxes_np, labels_np, wrong_np = boxes_np[ok], labels_np[ok], wrong_np[ok]
+        # inverse CDFs of Beta(1+s, 1) and Beta(1, 1+s) on one uniform draw: s changes the scores, never the boxes
+        uniform, power = rng.random(len(labels_np)), 1.0 / (1.0 + cfg.oracle_score_signal)
+        u = np.where(wrong_np, 1.0 - (1.0 - uniform) ** power, uniform ** power)
+        scores = 0.5 + 0.5 * u  # above GLIP's 0.5 threshold, as every kept detection
         feats = np.stack([_box_statistics(views.images[v], box, size) for box in boxes_np]) if len(boxes_np) \
             else np.zeros((0, ORACLE_STATS))
         onehot = np.eye(num_parts)[labels_np] if len(labels_np) else np.zeros((0, num_parts))
         out.append(Detections(torch.as_tensor(boxes_np).float(), torch.as_tensor(scores).float(),
                               torch.as_tensor(labels_np).long(),
-                              torch.as_tensor(np.hstack([onehot, feats])).float()))
+                              torch.as_tensor(np.hstack([onehot, scores[:, None], feats])).float()))
     return out
 
 

@@ -1,16 +1,19 @@
-"""Graph partition for superpoints: Felzenszwalb-Huttenlocher region growing on a weighted graph.
+"""Graph partition for superpoints: Felzenszwalb-Huttenlocher region growing on a weighted graph, and the
+small-component merge that follows either partition.
 
-PartSLIP partitions its kNN graph with L0 cut pursuit (libcp, C++, not packaged). This is the region-growing
-substitute its spec allows: edges are visited from most to least similar (Kruskal order) and the two
-components an edge joins merge when the edge's dissimilarity is at most
+PartSLIP partitions its kNN graph with L0 cut pursuit; pc3d has its own (`pc3d.ops.cut_pursuit`,
+`SuperpointConfig.method: cut-pursuit`), but region growing is the default because it segments better downstream
+(PartSTAD oracle mIoU over 4 chairs: 0.73 vs 0.68 at 1024 points, 0.81 vs 0.79 at 2048). Region growing:
+edges are visited from most to least similar (Kruskal order) and the two components an edge joins merge when the
+edge's dissimilarity is at most
 
     min(Int(A) + scale / |A|, Int(B) + scale / |B|),   Int(C) = largest dissimilarity inside C's merge tree,
 
 so a component stops growing where its boundary is clearly more dissimilar than its inside; `scale` sets the
-granularity as cut pursuit's `reg` does (larger = bigger components). Why not the L0 energy itself: greedily
-merging from single points gets trapped (joining two points costs their whole feature difference, which no
-single edge weight repays), and cut pursuit's top-down splits need a max-flow solver per component. Region
-growing is linear after the sort and needs only a union-find.
+granularity as cut pursuit's `reg` does (larger = bigger components). It is linear after the sort, needs only a
+union-find, and does not fragment smoothly curved regions the way an L0 fit of their normals can (on sparse
+clouds, e.g. 1024 points, that fragmentation leaves most points in components the merge then hands to a few
+large superpoints).
 """
 
 from __future__ import annotations
