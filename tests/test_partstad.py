@@ -226,6 +226,25 @@ def test_partslip_voting_ignores_whole_object_boxes():
     assert null is None and weights[0] == 0 and (weights[1:] == 1).all()
 
 
+def test_score_weighting_is_confidence_weighted_voting():
+    """weighting=score: vote shares weighted by box confidence, thresholded like PartSLIP voting -- a superpoint
+    inside confident boxes of one part gets that part (tau x score against a null of tau never could)."""
+    from pc3d.methods.partstad import box_weights
+
+    views, detections, votes, superpoint = _tiny_scene(seed=6)
+    votes.box_cover = torch.zeros_like(votes.box_cover)
+    votes.box_cover[0] = 0.99
+    weights, null = box_weights(votes, VotingConfig(weighting="score"), None)
+    assert null is None and weights[0] == 0
+    torch.testing.assert_close(weights[1:], votes.box_score[1:].double())
+    views, detections, votes, superpoint = _tiny_scene(seed=8)  # a scene where voting labels superpoint 0
+    votes.box_cover = torch.zeros_like(votes.box_cover)
+    votes.box_score = torch.ones_like(votes.box_score)  # fully confident boxes: exactly PartSLIP voting
+    score_labels, _ = segment_votes(votes, VotingConfig(weighting="score"), None, ["a", "b", "c"])
+    voting_labels, _ = segment_votes(votes, VotingConfig(weighting="none"), None, ["a", "b", "c"])
+    assert torch.equal(score_labels, voting_labels) and bool((voting_labels >= 0).any())
+
+
 def _two_part_views(num_views: int) -> tuple[Views, np.ndarray]:
     """Every view shows part 0 (points 0-7) in the left half and part 1 (points 8-15) in the right half."""
     rng = np.random.default_rng(0)

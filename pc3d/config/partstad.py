@@ -75,7 +75,7 @@ class SuperpointConfig(StrictModel):
 class VotingConfig(StrictModel):
     weighting: Literal["network", "none", "score"] = Field(
         "network", description="network: PartSTAD box weights (trained or tau everywhere); none: PartSLIP voting; "
-                               "score: detector confidence x tau as the weight")
+                               "score: PartSLIP voting with each box's vote weighted by its detector confidence")
     threshold: float = Field(0.5, ge=0, le=1, description="assign a part when its score / probability >= this")
     whole_object: float = Field(0.98, gt=0, le=1, description="PartSLIP voting ignores boxes covering this "
                                                               "share of all projected points")

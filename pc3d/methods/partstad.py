@@ -460,7 +460,9 @@ def box_weights(votes: ShapeVotes, voting: VotingConfig, network: WeightNetwork 
     if voting.weighting == "none":
         return (votes.box_cover < voting.whole_object).double(), None
     if voting.weighting == "score":
-        return tau * votes.box_score.double(), torch.tensor(tau, dtype=torch.float64)
+        # confidence-weighted PartSLIP voting: shares of the visible points weighted by the covering box's score,
+        # thresholded like voting. (tau x score against a null of tau could never reach P >= 0.5: every s_jc < tau.)
+        return votes.box_score.double() * (votes.box_cover < voting.whole_object).double(), None
     if network is None:
         raise ValueError("weighting 'network' needs a WeightNetwork")
     return network(votes.box_feature, votes.box_geometry), network.null_score()
