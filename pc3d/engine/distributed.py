@@ -116,9 +116,13 @@ def init_worker(topology: Topology) -> WorkerContext:
     return WorkerContext(rank, world, local_rank, device)
 
 
-def shutdown_worker() -> None:
+def shutdown_worker(synchronize: bool = False) -> None:
+    """Leave the process group. `synchronize` (normal end of a run): meet the other ranks first -- a rank that
+    tears down gloo while another still talks to the store (hosted by rank 0) can abort at exit."""
     if dist.is_available() and dist.is_initialized():
         with contextlib.suppress(Exception):
+            if synchronize and dist.get_world_size() > 1:
+                dist.barrier()
             dist.destroy_process_group()
 
 

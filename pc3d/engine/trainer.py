@@ -10,6 +10,7 @@ metrics. It returns a plain dict (run folder, final and best metrics, checkpoint
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -191,9 +192,17 @@ def _worker(plan: _Plan, build: BuildFn) -> dict[str, Any]:
     ctx = init_worker(plan.topology)
     con.set_verbosity(quiet=plan.quiet or not ctx.is_main, verbose=plan.verbose)
     try:
-        return _Trainer(plan, build, ctx).run()
-    finally:
-        shutdown_worker()
+        trainer = _Trainer(plan, build, ctx)
+        result = trainer.run()
+    except BaseException:
+        shutdown_worker()  # no barrier: the other ranks may be gone
+        raise
+    # DDP's reducer keeps the gloo process group alive; freed only at interpreter exit, its threads abort the
+    # process (SIGABRT after a successful run), so drop the model before leaving the group
+    del trainer
+    gc.collect()
+    shutdown_worker(synchronize=True)
+    return result
 
 
 # ---------------------------------------------------------------- helpers
