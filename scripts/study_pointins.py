@@ -126,6 +126,11 @@ def main() -> None:
     parser.add_argument("--variant", default="study", help="pretraining preset variant for both methods")
     parser.add_argument("--check-drift", action="store_true",
                         help="report how far each teacher encoder moved from its initialisation and the others")
+    parser.add_argument("--pointins-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra preset override for the PointINS pretraining runs only (repeatable), e.g. "
+                             "offset.radius=0.3")
+    parser.add_argument("--no-base", action="store_true",
+                        help="skip the Sonata base run (same seeds and settings reproduce it exactly on CPU)")
     parser.add_argument("--out", default="runs/study-pointins")
     args = parser.parse_args()
     from pc3d.console import set_verbosity
@@ -139,17 +144,18 @@ def main() -> None:
         pretrain_sets = [f"train.epochs={args.epochs}", f"train.save_every={args.epochs}", *data]
         probe_sets = [f"train.epochs={args.probe_epochs}", f"train.eval_every={args.probe_epochs}", *data]
         checkpoints: dict[str, str] = {}
-        checkpoint, info = pretrain("sonata", pretrain_sets, args.out, args.variant)
-        checkpoints["sonata"] = checkpoint
-        report["pretraining"][f"sonata, seed {seed}"] = {"checkpoint": checkpoint, **info}
-        # `pretrained` is the default; Sonata's checkpoint has no offset head, so the probe falls back to random
-        report["probes"][f"sonata, seed {seed}"] = {"encoder": "sonata", "seed": seed,
-                                                    **probe(checkpoint, probe_sets, args.out, "pretrained")}
-        save(report, args.out)
+        if not args.no_base:
+            checkpoint, info = pretrain("sonata", pretrain_sets, args.out, args.variant)
+            checkpoints["sonata"] = checkpoint
+            report["pretraining"][f"sonata, seed {seed}"] = {"checkpoint": checkpoint, **info}
+            # `pretrained` is the default; Sonata's checkpoint has no offset head, so the probe falls back to random
+            report["probes"][f"sonata, seed {seed}"] = {"encoder": "sonata", "seed": seed,
+                                                        **probe(checkpoint, probe_sets, args.out, "pretrained")}
+            save(report, args.out)
         for prior in args.priors:
             name = f"pointins ({prior} prior)"
-            checkpoint, info = pretrain("pointins", [*pretrain_sets, f"offset.prior={prior}"], args.out,
-                                        args.variant)
+            checkpoint, info = pretrain("pointins", [*pretrain_sets, f"offset.prior={prior}", *args.pointins_set],
+                                        args.out, args.variant)
             checkpoints[name] = checkpoint
             report["pretraining"][f"{name}, seed {seed}"] = {"checkpoint": checkpoint, **info}
             report["probes"][f"{name}, seed {seed}"] = {"encoder": name, "seed": seed,
