@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--val-scenes", type=int, default=4)
     parser.add_argument("--num-points", type=int, default=4000, help="points per synthetic scene")
-    parser.add_argument("--priors", nargs="+", default=["gamma"], choices=["gamma", "lognormal", "fitted"],
+    parser.add_argument("--priors", nargs="*", default=["gamma"], choices=["gamma", "lognormal", "fitted"],
                         help="PointINS magnitude priors to pretrain with (one PointINS run each)")
     parser.add_argument("--controls", action="store_true", help="also probe PointINS encoders with a random head")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one full study per seed")
