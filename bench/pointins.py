@@ -73,7 +73,8 @@ def main() -> None:
               "head": {"hidden": 256, "bottleneck": 64, "prototypes": 256, "up_cast_levels": levels},
               "data": {"num_points": args.points, "synthetic_count": args.batch * 2, "local_views": 2}}
     sonata_cfg = SonataPreset.model_validate(common)
-    pointins_cfg = PointINSPreset.model_validate({**common, "offset": {"knn": 32, "min_points": 10}})
+    # SCR graph of the quickstart (scaled to these sparse synthetic rooms; see presets/pointins-quickstart.yaml)
+    pointins_cfg = PointINSPreset.model_validate({**common, "offset": {"knn": 16, "radius": 0.3, "min_points": 10}})
     torch.manual_seed(0)
     views, _ = build_sets(sonata_cfg)
     batches = [to_device(collate_views([views[2 * i + j] for j in range(args.batch)]), device) for i in range(2)]
