@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from brute_force import knn_radius_components
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_components
 from scipy.spatial import cKDTree
@@ -112,32 +113,6 @@ def test_kmeans_pp_draws_second_centre_with_squared_distance_weights():
         np.testing.assert_allclose(counts[first], expected, atol=4 * np.sqrt(counts[first].sum() * 0.25))
 
 
-def bfs_labels(points: np.ndarray, radius: float, k: int) -> list[set[int]]:
-    """Brute force: each point joined to its k+1 nearest (itself included) closer than radius; BFS."""
-    n = len(points)
-    dist = np.linalg.norm(points[:, None] - points[None], axis=2)
-    adjacency = [set() for _ in range(n)]
-    for i in range(n):
-        for j in np.argsort(dist[i], kind="stable")[: k + 1]:
-            if dist[i, j] < radius:
-                adjacency[i].add(int(j))
-                adjacency[int(j)].add(i)
-    seen, components = set(), []
-    for start in range(n):
-        if start in seen:
-            continue
-        stack, comp = [start], {start}
-        seen.add(start)
-        while stack:
-            for j in adjacency[stack.pop()]:
-                if j not in seen:
-                    seen.add(j)
-                    comp.add(j)
-                    stack.append(j)
-        components.append(comp)
-    return components
-
-
 @pytest.mark.parametrize("device_path", ["scipy", "torch"])
 def test_grouped_components_equal_bfs_inside_each_group(device_path, monkeypatch):
     rng = np.random.default_rng(3)
@@ -151,7 +126,7 @@ def test_grouped_components_equal_bfs_inside_each_group(device_path, monkeypatch
                                   group=torch.from_numpy(group).long()).numpy()
     expected = np.full(150, -1)
     components = [sorted(group_idx[list(c)]) for g in range(3) for group_idx in [np.nonzero(group == g)[0]]
-                  for c in bfs_labels(pts[group_idx], 0.3, 5)]
+                  for c in knn_radius_components(pts[group_idx], 5, 0.3)]
     big = sorted((c for c in components if len(c) >= 4), key=lambda c: c[0])
     assert any(len(c) < 4 for c in components) and len(big) > 3
     for new_id, comp in enumerate(big):

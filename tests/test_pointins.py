@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from brute_force import knn_radius_components
 from scipy import stats
 
 from pc3d.config.pointins import OffsetConfig, PointINSPreset
@@ -47,32 +47,6 @@ def test_direction_transform_is_per_axis_uniform_then_unit() -> None:
     torch.testing.assert_close(out.norm(dim=1), torch.ones(100))
 
 
-def bfs_components(points: np.ndarray, k: int, radius: float) -> list[set[int]]:
-    """Brute-force: kNN graph (self included in the k+1 nearest), edges shorter than radius, BFS."""
-    n = len(points)
-    dist = np.linalg.norm(points[:, None] - points[None], axis=2)
-    adjacency = [set() for _ in range(n)]
-    for i in range(n):
-        for j in np.argsort(dist[i], kind="stable")[: k + 1]:
-            if dist[i, j] < radius:
-                adjacency[i].add(int(j))
-                adjacency[int(j)].add(i)
-    seen, components = set(), []
-    for start in range(n):
-        if start in seen:
-            continue
-        queue, comp = deque([start]), {start}
-        seen.add(start)
-        while queue:
-            for j in adjacency[queue.popleft()]:
-                if j not in seen:
-                    seen.add(j)
-                    comp.add(j)
-                    queue.append(j)
-        components.append(comp)
-    return components
-
-
 @pytest.mark.parametrize("centroid", ["predicted", "coordinates"])
 def test_scr_components_equal_bfs_and_small_ones_get_no_target(centroid: str) -> None:
     rng = np.random.default_rng(0)
@@ -83,7 +57,7 @@ def test_scr_components_equal_bfs_and_small_ones_get_no_target(centroid: str) ->
     target, valid = spatial_clustering_regularization(torch.from_numpy(coord).float(),
                                                       torch.from_numpy(offsets).float(), features, k=1, iters=5,
                                                       knn=4, radius=0.5, min_points=3, centroid=centroid)
-    components = bfs_components(centres.astype(np.float32), 4, 0.5)
+    components = knn_radius_components(centres.astype(np.float32), 4, 0.5)
     assert any(len(c) < 3 for c in components) and any(len(c) >= 3 for c in components)
     for comp in components:
         idx = sorted(comp)
