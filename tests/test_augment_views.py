@@ -173,3 +173,24 @@ def test_global_views_share_one_colour_draw_local_views_draw_their_own() -> None
         np.testing.assert_allclose(s, s[:1].repeat(len(s), 0), atol=1e-3)  # one translation per view
     np.testing.assert_allclose(g0[0], g1[0], atol=1e-3)  # the global views share it
     assert not np.allclose(l0[0], l1[0], atol=1e-3) and not np.allclose(l0[0], g0[0], atol=1e-3)
+
+
+def test_linear_part_rotates_with_p_and_flips_x_and_y_independently():
+    """Pointcept: RandomRotate z (±pi) / x / y (±pi/64) each with p 0.8; RandomFlip negates x and y, each p 0.5."""
+    rng, draws = np.random.default_rng(0), 4000
+    flips_only = ViewAugment(rotate=0.0, tilt=0.0, scale=(1.0, 1.0))
+    signs = np.array([np.diag(flips_only.matrix(rng)[1]) for _ in range(draws)])
+    assert (signs[:, 2] == 1).all()
+    flip_x, flip_y = signs[:, 0] < 0, signs[:, 1] < 0
+    assert abs(flip_x.mean() - 0.5) < 0.03 and abs(flip_y.mean() - 0.5) < 0.03
+    assert abs((flip_x & flip_y).mean() - 0.25) < 0.03  # independent
+    z_only = ViewAugment(tilt=0.0, flip=0.0, scale=(1.0, 1.0))
+    unrotated = np.mean([np.allclose(z_only.matrix(rng)[1], np.eye(3)) for _ in range(draws)])
+    assert abs(unrotated - 0.2) < 0.03
+    tilts_only = ViewAugment(rotate=0.0, flip=0.0, scale=(1.0, 1.0))
+    untilted = np.mean([np.allclose(tilts_only.matrix(rng)[1], np.eye(3)) for _ in range(draws)])
+    assert abs(untilted - 0.04) < 0.015  # both tilts skipped: 0.2 x 0.2
+    for _ in range(50):
+        matrix, orient = ViewAugment().matrix(rng)
+        assert np.allclose(orient @ orient.T, np.eye(3), atol=1e-12)
+        assert 0.9 - 1e-12 <= np.abs(np.linalg.det(matrix)) ** (1 / 3) <= 1.1 + 1e-12

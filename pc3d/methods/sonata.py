@@ -159,6 +159,7 @@ class ViewAugment:
 
     rotate: float = math.pi
     tilt: float = math.pi / 64
+    rotate_p: float = 0.8
     scale: tuple[float, float] = (0.9, 1.1)
     flip: float = 0.5
     jitter: float = 0.005
@@ -188,9 +189,11 @@ class ViewAugment:
 
     def matrix(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(A, R): x_aug = A x; R is the rotation-and-flip part (for normals)."""
-        rot = _rotation(2, rng.uniform(-self.rotate, self.rotate))
-        rot = _rotation(0, rng.uniform(-self.tilt, self.tilt)) @ _rotation(1, rng.uniform(-self.tilt, self.tilt)) @ rot
-        flip = np.diag([-1.0 if rng.random() < self.flip else 1.0, 1.0, 1.0])
+        # Pointcept's RandomRotate z / x / y, each applied with p = rotate_p; RandomFlip flips x and y independently
+        angles = [rng.uniform(-limit, limit) if rng.random() < self.rotate_p else 0.0
+                  for limit in (self.rotate, self.tilt, self.tilt)]
+        rot = _rotation(1, angles[2]) @ _rotation(0, angles[1]) @ _rotation(2, angles[0])
+        flip = np.diag([-1.0 if rng.random() < self.flip else 1.0, -1.0 if rng.random() < self.flip else 1.0, 1.0])
         orient = flip @ rot
         return rng.uniform(*self.scale) * orient, orient
 
