@@ -17,9 +17,10 @@ far each teacher encoder moved from the shared initialisation and from the other
         --controls --check-drift --seeds 0 1
 
 Measured (session 2; --epochs 100 --probe-epochs 30 --seeds 0 1 2 3, ~5 min per pretraining on one core): instance
-AP 0.063 (PointINS) vs 0.057 (Sonata), PointINS >= Sonata in all four seeds; AP50 0.144 vs 0.133; AP25 0.282 vs
-0.261; mIoU 0.312 vs 0.313. With Table 9's SCR graph unscaled (--pointins-set offset.knn=32 --pointins-set
-offset.radius=1.2, seeds 0-1) PointINS loses (AP 0.031): its pseudo-instances chain neighbouring objects.
+AP 0.074 (PointINS) vs 0.060 (Sonata), PointINS ahead in all four seeds (+0.015 +0.015 +0.005 +0.024); AP50 0.151
+vs 0.126; AP25 0.273 vs 0.221; mIoU 0.307 vs 0.310. With Table 9's SCR graph unscaled (--pointins-set offset.knn=32
+--pointins-set offset.radius=1.2, seeds 0-1, before the last augmentation change) PointINS lost (AP 0.031 vs 0.062):
+its pseudo-instances chain neighbouring objects.
 """
 
 from __future__ import annotations
