@@ -49,3 +49,13 @@ def test_pit_rejects_bad_parameters():
         probability_integral_transform(torch.rand(5), "beta")
     with pytest.raises(InputError):
         probability_integral_transform(torch.rand(5, 2), "uniform")
+
+
+def test_groups_are_transformed_on_their_own():
+    values = torch.rand(200, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    group = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(2))
+    together = probability_integral_transform(values, "lognormal", group, mu=0.0, sigma=0.76)
+    for g in range(4):
+        rows = group == g
+        alone = probability_integral_transform(values[rows], "lognormal", mu=0.0, sigma=0.76)
+        torch.testing.assert_close(together[rows], alone, rtol=0, atol=0)

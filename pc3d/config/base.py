@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Command = Literal["pretrain", "finetune", "pseudolabel", "segment", "detect"]
 
 
+def check_heads_divide_dim(dim: int, heads: int, path: str = "") -> None:
+    """Attention splits `dim` into `heads` equal parts; `path` prefixes the key names in the message."""
+    if dim % heads:
+        raise ValueError(f"{path}dim {dim} is not divisible by {path}heads {heads}")
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors, never silently ignored (a typo must not change an experiment)."""
 

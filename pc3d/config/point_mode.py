@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from pc3d.config.base import DataConfig, OptimConfig, PresetBase, StrictModel, TrainConfig
+from pc3d.config.base import DataConfig, OptimConfig, PresetBase, StrictModel, TrainConfig, check_heads_divide_dim
 from pc3d.config.object_ssl import BackboneConfig
 from pc3d.config.registry import register_schema
 
@@ -36,8 +36,7 @@ class SceneExpertConfig(StrictModel):
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SceneExpertConfig:
-        if self.dim % self.heads:
-            raise ValueError(f"scene.dim {self.dim} is not divisible by scene.heads {self.heads}")
+        check_heads_divide_dim(self.dim, self.heads, "scene.")
         return self
 
 

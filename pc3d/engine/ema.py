@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from pc3d.engine.schedule import cosine
 
 
 def momentum_schedule(base: float, final: float, progress: float) -> float:
     """Cosine from `base` (progress 0) to `final` (progress 1), as in BYOL/DINO-style teachers."""
-    progress = min(max(progress, 0.0), 1.0)
-    return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+    return cosine(base, final, min(max(progress, 0.0), 1.0))
 
 
 class EMA:

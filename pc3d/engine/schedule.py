@@ -9,6 +9,11 @@ from typing import Any
 from torch.optim import Optimizer
 
 
+def cosine(start: float, end: float, progress: float) -> float:
+    """Half-cosine from `start` (progress 0) to `end` (progress 1)."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclass(frozen=True)
 class WarmupCosine:
     """lr(step): `warmup_start_lr` -> `lr` linearly over `warmup_steps`, then cosine to `min_lr` at `total_steps`.
@@ -26,7 +31,7 @@ class WarmupCosine:
             return self.warmup_start_lr + (self.lr - self.warmup_start_lr) * step / self.warmup_steps
         decay_steps = max(self.total_steps - self.warmup_steps, 1)
         progress = min((step - self.warmup_steps) / decay_steps, 1.0)
-        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine(self.lr, self.min_lr, progress)
 
     @classmethod
     def from_config(cls, optim, epochs: int, steps_per_epoch: int) -> WarmupCosine:
@@ -61,8 +66,7 @@ class WeightDecayCosine:
     scales: tuple[float, ...]
 
     def __call__(self, step: int) -> float:
-        progress = min(step / max(self.total_steps, 1), 1.0)
-        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine(self.start, self.end, min(step / max(self.total_steps, 1), 1.0))
 
     @classmethod
     def from_groups(cls, optim: Any, groups: list[dict], total_steps: int) -> WeightDecayCosine | None:
@@ -74,9 +78,6 @@ class WeightDecayCosine:
 
     def apply(self, optimizer: Optimizer, step: int) -> float:
         wd = self(step)
-        if len(optimizer.param_groups) != len(self.scales):
-            raise ValueError(f"weight-decay schedule built for {len(self.scales)} groups, the optimiser has "
-                             f"{len(optimizer.param_groups)}")
         for group, scale in zip(optimizer.param_groups, self.scales, strict=True):
             group["weight_decay"] = wd * scale
         return wd

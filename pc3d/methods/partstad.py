@@ -457,12 +457,11 @@ class WeightNetwork(nn.Module):
 def box_weights(votes: ShapeVotes, voting: VotingConfig, network: WeightNetwork | None, tau: float = 10.0
                 ) -> tuple[Tensor, Tensor | None]:
     """Weights w_b and the null score (None for PartSLIP voting, which thresholds raw shares)."""
-    if voting.weighting == "none":
-        return (votes.box_cover < voting.whole_object).double(), None
-    if voting.weighting == "score":
-        # confidence-weighted PartSLIP voting: shares of the visible points weighted by the covering box's score,
-        # thresholded like voting. (tau x score against a null of tau could never reach P >= 0.5: every s_jc < tau.)
-        return votes.box_score.double() * (votes.box_cover < voting.whole_object).double(), None
+    if voting.weighting in ("none", "score"):
+        # PartSLIP voting; "score" weighs each vote by its box's confidence and thresholds the same way
+        # (tau x score against a null of tau could never reach P >= 0.5: every s_jc < tau)
+        votes_count = (votes.box_cover < voting.whole_object).double()
+        return (votes_count * votes.box_score.double() if voting.weighting == "score" else votes_count), None
     if network is None:
         raise ValueError("weighting 'network' needs a WeightNetwork")
     return network(votes.box_feature, votes.box_geometry), network.null_score()

@@ -29,7 +29,7 @@ from pc3d.engine.method import StepState
 from pc3d.errors import InputError
 from pc3d.methods.sonata import SceneViews, Sonata, collate_views, load_scenes
 from pc3d.ops.clustering import connected_components, grouped_kmeans
-from pc3d.ops.pit import inverse_cdf
+from pc3d.ops.pit import probability_integral_transform
 
 # ----------------------------------------------------------------------------- ODR
 
@@ -48,48 +48,8 @@ def magnitude_prior(offset_cfg: Any, fitted: tuple[float, float] | None = None) 
 def direction_transform(direction: Tensor, group: Tensor | None = None) -> Tensor:
     """Each axis of the unit directions (N,3) rank-mapped onto Uniform[-1, 1] (within each group), then
     renormalised."""
-    return F.normalize(2.0 * grouped_cdf(direction, group) - 1.0, dim=1).to(direction.dtype)
-
-
-def grouped_ranks(values: Tensor, group: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Rank of each entry of each column of values (N,) or (N,C) within its group (group (N,) int64; None:
-    one group), ties broken by index, and the size of its group: all groups and columns in one sort."""
-    n = values.shape[0]
-    group = torch.zeros(n, dtype=torch.long, device=values.device) if group is None else group
-    cols = values.detach().reshape(n, -1)
-    by_value = torch.argsort(cols, dim=0, stable=True)
-    order = torch.gather(by_value, 0, torch.argsort(group[by_value], dim=0, stable=True))  # by (group, value)
-    counts = torch.bincount(group, minlength=int(group.max()) + 1 if n else 0)
-    start = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(order).scatter_(0, order, torch.arange(n, device=values.device).unsqueeze(1)
-                                            - start[group[order]])
-    return rank.reshape(values.shape), counts[group].reshape(-1, *([1] * (values.ndim - 1))).expand_as(values)
-
-
-def grouped_cdf(values: Tensor, group: Tensor | None = None) -> Tensor:
-    """Empirical CDF u = (rank + 0.5) / n within each group (float64): the u of `probability_integral_transform`."""
-    rank, size = grouped_ranks(values, group)
-    return (rank + 0.5).double() / size.double()
-
-
-_PRIOR_KEYS = {"gamma": ("shape", "scale"), "lognormal": ("mu", "sigma"), "uniform": ("low", "high")}
-
-
-def grouped_quantiles(values: Tensor, group: Tensor | None, prior: str, params: dict[str, float]) -> Tensor:
-    """`probability_integral_transform` of values (N,) within each group, all groups in one inverse-CDF call
-    (float64). params must name every parameter of the prior (as `magnitude_prior` gives them)."""
-    if prior not in _PRIOR_KEYS or set(params) != set(_PRIOR_KEYS[prior]):
-        expected = "; ".join(f"{name}({', '.join(keys)})" for name, keys in _PRIOR_KEYS.items())
-        raise InputError(f"ODR prior {prior!r} with parameters {sorted(params)}: expected one of {expected}")
-    n = values.shape[0]
-    group = torch.zeros(n, dtype=torch.long, device=values.device) if group is None else group
-    rank, size = grouped_ranks(values, group)
-    q = inverse_cdf((rank + 0.5).double() / size.double(), prior, **params)
-    # the inverse CDF is monotone; guard it against round-off as the per-scene PIT does: a running max in
-    # rank order inside each group, on a (groups, rank) table padded after each group's last rank
-    table = q.new_full((int(group.max()) + 1 if n else 0, int(size.max()) if n else 0), float("-inf"))
-    table[group, rank] = q
-    return torch.cummax(table, 1).values[group, rank]
+    axes = [probability_integral_transform(direction[:, k], "uniform", group, low=-1.0, high=1.0) for k in range(3)]
+    return F.normalize(torch.stack(axes, 1), dim=1)
 
 
 def offset_distribution_regularization(offsets: Tensor, prior: str, params: dict[str, float],
@@ -101,7 +61,7 @@ def offset_distribution_regularization(offsets: Tensor, prior: str, params: dict
         return offsets
     magnitude = offsets.norm(dim=1)
     direction = offsets / magnitude.clamp_min(1e-12).unsqueeze(1)
-    target_magnitude = grouped_quantiles(magnitude, group, prior, params).float()
+    target_magnitude = probability_integral_transform(magnitude, prior, group, **params)
     return target_magnitude.unsqueeze(1) * direction_transform(direction, group)
 
 

@@ -468,7 +468,6 @@ class SSLContext:
     pairs: dict[str, tuple[Tensor, Tensor, str]]  # loss name -> (student idx, teacher idx, student kind)
     global_views: int
     local_views: int
-    observed: Tensor | None = None  # loss.observable_only: student global points the student saw (pairs unfiltered)
 
 
 class Sonata(Method):
@@ -509,8 +508,8 @@ class Sonata(Method):
         noise = (torch.randn_like(feat[:, :3]) * loss_cfg.mask_jitter).clamp(max=2 * loss_cfg.mask_jitter)
         feat[:, :3] = torch.where(mask.unsqueeze(1), feat[:, :3] + noise, feat[:, :3])
         student_point = views_point(batch, "global", feat)
-        # pooled by mean like the origin: the share of each head-level point's input points that were masked
-        student_point.extras["masked"] = mask.to(feat.dtype)
+        if loss_cfg.observable_only:  # pooled by mean like the origin: the masked share of each head-level point
+            student_point.extras["masked"] = mask.to(feat.dtype)
         student_global = self.student.encode(student_point, mask)
         s_mask = self.student.mask_head(student_global.feat).float()
         n_global = int(batch["global_transform"].shape[0])
@@ -555,7 +554,7 @@ class Sonata(Method):
             sched["mask_ratio"]), "metric/mask_size": torch.tensor(sched["mask_size"])})
         if observed is not None:
             terms["metric/observed_share"] = observed.float().mean()
-        context = SSLContext(teacher, student_global, student_local, pairs, g_views, l_views, observed)
+        context = SSLContext(teacher, student_global, student_local, pairs, g_views, l_views)
         return terms, context
 
     def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:

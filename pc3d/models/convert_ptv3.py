@@ -91,8 +91,10 @@ def official_prefix(state: Mapping[str, Any]) -> str | None:
 def is_official_ptv3(state: Mapping[str, Any]) -> bool:
     """True for a Sonata / Pointcept PTv3 state dict (any nesting prefix): it has `enc.enc0.block0.cpe` and a stem."""
     prefix = official_prefix(state)
-    if prefix is None:
-        return False
+    return prefix is not None and _has_stem(state, prefix)
+
+
+def _has_stem(state: Mapping[str, Any], prefix: str) -> bool:
     return any(_strip_module(k).startswith(prefix + "embedding.stem.") for k in state)
 
 
@@ -121,7 +123,7 @@ def official_to_pc3d(state: Mapping[str, Any], source: str = "weights") -> Conve
     Keys outside the encoder (decoder, heads, the other pretraining branch) are listed in `unmapped`; a key inside
     it that pc3d cannot represent (relative position encoding, PDNorm, ...) raises InputError."""
     prefix = official_prefix(state)
-    if prefix is None or not is_official_ptv3(state):
+    if prefix is None or not _has_stem(state, prefix):
         raise InputError(f"{source}: not an official PTv3 / Sonata checkpoint (no '{MARK}' and stem)")
     ours: dict[str, str] = {}  # stripped official key -> key as given
     unmapped: list[str] = []

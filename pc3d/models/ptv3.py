@@ -143,6 +143,15 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
+def run_subm_conv(conv: nn.Module, cuda_algo: object, sparse: object) -> object:
+    """Apply a SubMConv3d with spconv's native algorithm on CPU (the only one it has there) and the module's
+    own (implicit GEMM) algorithm on CUDA; the weight layout is the same, so one module serves both."""
+    from pc3d.models.sparse import ConvAlgo
+
+    conv.algo = ConvAlgo.Native if sparse.features.device.type == "cpu" else cuda_algo
+    return conv(sparse)
+
+
 class SparseCPE(nn.Module):
     """Conditional positional encoding: SubMConv3d(k3) + Linear + LayerNorm (added residually by the block).
 
@@ -160,11 +169,7 @@ class SparseCPE(nn.Module):
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, point: Point, feat: Tensor) -> Tensor:
-        from pc3d.models.sparse import ConvAlgo
-
-        self.conv.algo = ConvAlgo.Native if feat.device.type == "cpu" else self.cuda_algo
-        sparse = point.sparse.replace_feature(feat)
-        out = self.conv(sparse)
+        out = run_subm_conv(self.conv, self.cuda_algo, point.sparse.replace_feature(feat))
         point.sparse = out  # keeps the index pairs cached under the indice key for the next block
         return self.norm(self.linear(out.features))
 
@@ -184,10 +189,7 @@ class SparseStem(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, point: Point) -> Tensor:
-        from pc3d.models.sparse import ConvAlgo
-
-        self.conv.algo = ConvAlgo.Native if point.feat.device.type == "cpu" else self.cuda_algo
-        out = self.conv(point.sparse.replace_feature(point.feat))
+        out = run_subm_conv(self.conv, self.cuda_algo, point.sparse.replace_feature(point.feat))
         point.sparse = out  # the stem's index pairs stay cached beside the CPEs' (another indice key)
         return self.act(self.norm(out.features))
 

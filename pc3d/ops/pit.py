@@ -20,11 +20,12 @@ _PARAMS = {"gamma": {"shape": None, "scale": 1.0}, "lognormal": {"mu": 0.0, "sig
 
 
 def probability_integral_transform(values: Tensor, prior: Literal["gamma", "lognormal", "uniform"],
-                                   **params: float) -> Tensor:
+                                   group: Tensor | None = None, **params: float) -> Tensor:
     """Targets (N,) with the prior's quantiles at the values' empirical CDF; no gradient flows.
 
     Params: gamma(shape, scale=1), lognormal(mu=0, sigma=1) (scipy lognorm(s=sigma, scale=exp(mu))),
-    uniform(low=0, high=1).
+    uniform(low=0, high=1). `group` (N,) int64: each group (e.g. each view of a batch) is ranked on its own,
+    all groups in one sort and one inverse-CDF call; None = one group.
     """
     if prior not in _PARAMS:
         raise InputError(f"probability_integral_transform: prior must be one of {', '.join(_PARAMS)}, "
@@ -40,13 +41,27 @@ def probability_integral_transform(values: Tensor, prior: Literal["gamma", "logn
     out_dtype = values.dtype if values.is_floating_point() else torch.float32
     if n == 0:
         return torch.empty(0, dtype=out_dtype, device=values.device)
-    order = torch.argsort(values.detach(), stable=True)
-    u = (torch.arange(n, dtype=torch.float64, device=values.device) + 0.5) / n  # in sorted order
-    quantiles = inverse_cdf(u, prior, **p)
-    quantiles = torch.cummax(quantiles, 0).values  # guard monotonicity against round-off
-    out = torch.empty(n, dtype=torch.float64, device=values.device)
-    out[order] = quantiles
-    return out.to(out_dtype)
+    group = torch.zeros(n, dtype=torch.long, device=values.device) if group is None else group.long()
+    rank, size = grouped_ranks(values, group)
+    quantiles = inverse_cdf((rank + 0.5).double() / size.double(), prior, **p)
+    # guard monotonicity against round-off: a running max in rank order inside each group, on a
+    # (groups, rank) table padded after each group's last rank
+    table = quantiles.new_full((int(group.max()) + 1, int(size.max())), float("-inf"))
+    table[group, rank] = quantiles
+    return torch.cummax(table, 1).values[group, rank].to(out_dtype)
+
+
+def grouped_ranks(values: Tensor, group: Tensor) -> tuple[Tensor, Tensor]:
+    """Rank (0-based, ties broken by index) of each of values (N,) within its group (N,) int64, and the size of
+    its group, from one stable sort by (group, value)."""
+    n = values.shape[0]
+    by_value = torch.argsort(values.detach(), stable=True)
+    order = by_value[torch.argsort(group[by_value], stable=True)]
+    counts = torch.bincount(group, minlength=int(group.max()) + 1)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=values.device) - start[group[order]]
+    return rank, counts[group]
 
 
 def inverse_cdf(u: Tensor, prior: str, **p: float) -> Tensor:
