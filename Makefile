@@ -1,15 +1,22 @@
-# Two commands set up a fresh machine (Debian/Ubuntu, Python >= 3.10):
-#   make demo   install, then run the main job on the embedded synthetic data
-#   make test   install, then run the whole test suite
+# Two commands set up a fresh machine (Debian/Ubuntu, Python 3.11 for the lock):
+#   make demo   install (locked), then run the main job on the embedded synthetic data
+#   make test   install (locked), then run the whole test suite
+# and two keep the lock honest:
+#   make test-latest   the suite in a fresh venv with the newest releases pyproject's ranges allow
+#   make lock          test-latest, then write its environment to requirements-lock.txt
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements-lock.txt
+LATEST := .venv-latest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# `pytest`, not `python -m pytest`: the latter puts the repository root first on sys.path
+PYTEST_ARGS := -n 2 --dist loadfile tests
 
-.PHONY: install demo test lint bench completions clean
+.PHONY: install demo test test-latest lock lint bench completions clean
 
-$(STAMP): pyproject.toml setup.py constraints-cpu.txt
+$(STAMP): pyproject.toml setup.py $(LOCK)
 	@missing=""; \
 	ldconfig -p 2>/dev/null | grep -q libusb-1.0 || missing="$$missing libusb-1.0-0"; \
 	for tool in zsh fish; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
@@ -18,7 +25,8 @@ $(STAMP): pyproject.toml setup.py constraints-cpu.txt
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; fi
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
+	$(BIN)/pip install -q -r $(LOCK) -e ".[dev]"
+	$(BIN)/python scripts/lock.py check $(LOCK) --label "$(VENV) (run make lock after changing pyproject's dependencies)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,7 +35,21 @@ demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# A fresh venv with the newest releases the ranges allow (torch stays the local CPU wheel: PyPI's newest
+# torch is a CUDA build of several GB). A failure names what differs from the lock, in one line.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c constraints-cpu.txt -e ".[dev]"
+	$(LATEST)/bin/pytest $(PYTEST_ARGS) || { \
+	  $(LATEST)/bin/python scripts/lock.py check $(LOCK) --label "make test-latest failed" \
+	  && echo "make test-latest failed with exactly the locked versions"; exit 1; }
+
+lock: test-latest
+	$(LATEST)/bin/python scripts/lock.py write $(LOCK)
 
 lint: install
 	$(BIN)/ruff check .
@@ -40,4 +62,4 @@ completions: install
 	$(BIN)/python -m pc3d.cli.completions completions
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(LATEST) demo-out .pytest_cache

@@ -6,7 +6,10 @@ human-facing chatter goes to stderr.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -21,6 +24,32 @@ _state = {"quiet": False, "verbose": False}
 def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
     _state["quiet"] = quiet
     _state["verbose"] = verbose
+    _third_party_follows()
+
+
+def _third_party_follows() -> None:
+    """Make the libraries pc3d drives obey --quiet / --verbose like pc3d's own output.
+
+    transformers and huggingface_hub draw tqdm bars ("Loading weights", "Writing model shards") on stderr
+    even when it is a log file, and torch / transformers warn about things a user of pc3d cannot change.
+    Bars show when pc3d's own would (a terminal, not --quiet); warnings and the libraries' info logs show
+    with --verbose only. The environment variables reach libraries imported later and worker processes;
+    libraries already imported are switched directly.
+    """
+    bars = progress_enabled()
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0" if bars else "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "info" if _state["verbose"] and not _state["quiet"] else "error"
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None:
+        (hub.enable_progress_bars if bars else hub.disable_progress_bars)()
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        (transformers_logging.enable_progress_bar if bars else transformers_logging.disable_progress_bar)()
+        transformers_logging.set_verbosity(logging.INFO if _state["verbose"] else logging.ERROR)
+    if _state["verbose"] and not _state["quiet"]:
+        warnings.simplefilter("default")
+    else:
+        warnings.simplefilter("ignore")
 
 
 def is_quiet() -> bool:

@@ -19,7 +19,11 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("pc3d", "torch", "numpy", "scipy", "spconv-cu120", "open3d-cpu", "transformers", "triton"):
+    names = ["pc3d", "torch", "numpy", "scipy", "open3d-cpu", "open3d", "transformers", "triton", "spconv-triton"]
+    # spconv ships one distribution per CUDA flavour (spconv-cu120, spconv-cu126, ...): record whichever is here
+    names += sorted({dist.metadata["Name"] for dist in metadata.distributions()
+                     if (dist.metadata["Name"] or "").startswith("spconv-cu")})
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -110,3 +110,36 @@ def test_console_script_exit_code_and_stderr():
     out = subprocess.run([sys.executable, "-m", "pc3d", "pretrain", "--bogus"], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and out.stdout == ""
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("args", [
+    ("pretrain", "point-mae", "--preset", "quickstart"),
+    ("pseudolabel", "affinity3d", "--preset", "oracle"),
+    ("segment", "{cloud}", "--parts", "arm,seat,leg", "--preset", "oracle"),
+])
+def test_device_cuda_without_cuda_is_one_line_exit_2(cli, tmp_path, args):
+    """Every command ends like `--gpus 2` does, not in torch's `AssertionError: Torch not compiled with CUDA`."""
+    import numpy as np
+
+    cloud = tmp_path / "chair.npy"
+    np.save(cloud, np.random.default_rng(0).random((64, 3), dtype=np.float32))
+    result = cli(*[a.format(cloud=cloud) for a in args], "--device", "cuda", "--out", tmp_path / "out")
+    assert result.code == 2, result.err
+    assert result.err.count("\n") == 1 and result.err.startswith("pc3d: error: --device cuda: ")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))
+
+
+def test_resolve_device_never_falls_back_silently(monkeypatch):
+    import torch
+
+    from pc3d.engine.device import resolve_device
+    from pc3d.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match="--device cuda"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") == resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -98,3 +98,32 @@ def test_fewshot_weights_beat_voting_on_noisy_oracle_boxes(cli, tmp_path):
               "--checkpoint", summary["weights"], "--out", tmp_path / "seg", "--json")
     assert seg.code == 0, seg.err
     assert json.loads(seg.out)["weighting"] == "network"
+
+
+def test_third_party_bars_and_warnings_follow_quiet_and_json(objects, tmp_path):
+    """transformers' "Writing model shards" / "Loading weights" bars and library warnings reached stderr under
+    --quiet and --json; a fresh process (the bars are tqdm's, drawn on the real stderr) shows they no longer do."""
+    import os
+    import subprocess
+    import sys
+
+    chair = tmp_path / "chair.ply"
+    chair.write_bytes((objects / "shapes" / "chair_0001.ply").read_bytes())
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "default"}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+
+    def segment(*flags: str) -> subprocess.CompletedProcess:
+        # a fresh hub cache for each run, so the tiny models are written and loaded (both draw bars)
+        env["HF_HUB_CACHE"] = str(tmp_path / f"hub-{len(flags)}-{flags[0]}")
+        return subprocess.run([sys.executable, "-m", "pc3d", "segment", str(chair), "--parts", "arm,seat,leg",
+                               "--preset", "partstad-tiny-random", "--out", str(tmp_path / "runs"), *flags],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    quiet = segment("--quiet")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stderr == "" and quiet.stdout == ""
+    as_json = segment("--json")
+    assert as_json.returncode == 0, as_json.stderr[-2000:]
+    assert as_json.stderr == ""
+    assert as_json.stdout.count("\n") == 1 and isinstance(json.loads(as_json.stdout), dict)

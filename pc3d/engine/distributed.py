@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from pc3d.engine.device import cuda_missing_reason
 from pc3d.errors import InputError
 
 Mode = Literal["single", "launch", "env"]
@@ -52,7 +53,7 @@ def plan_topology(run: Any, env: Mapping[str, str] | None = None) -> Topology:
     cuda = torch.cuda.is_available()
     count = torch.cuda.device_count() if cuda else 0
     if run.device == "cuda" and not cuda:
-        raise InputError("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
+        raise InputError(f"--device cuda: {cuda_missing_reason()}")
     outside = _env_world(env)
     if outside is not None:
         device = "cuda" if run.device == "cuda" or (run.device == "auto" and cuda) else "cpu"

@@ -475,7 +475,7 @@ class _Trainer:
             self.step += 1
             window_steps += 1
             self.method.after_optimizer_step(self._state())
-            progress.advance(float(loss) if progress.enabled else None, state.lr)
+            progress.advance(float(loss.detach()) if progress.enabled else None, state.lr)
             stop_early = bool(train.max_steps and self.step >= train.max_steps)
             if self.step % train.log_every == 0 or self.batches_done == self.sampler.batches or stop_early:
                 means = self._reduce_means(window, window_steps)

@@ -39,6 +39,7 @@ from pc3d.data.readers.semantickitti import (
     camera_from_projection,
     unmap_labels,
 )
+from pc3d.engine.device import resolve_device
 from pc3d.errors import InputError
 from pc3d.io.atomic import atomic_path, write_text_atomic
 from pc3d.ops import grid_sample, knn, rasterize_points, scatter_min
@@ -567,7 +568,7 @@ class Accuracy:
 
 def pseudolabel(config: Any, device: torch.device | None = None) -> dict[str, Any]:
     """Run Affinity3D over the configured frames; returns the summary (also written to OUT/summary.json)."""
-    device = device or _device(config.run.device)
+    device = device or resolve_device(config.run.device)
     out = output_root(config)
     out.mkdir(parents=True, exist_ok=True)
     dataset = dataset_for(config, out)
@@ -613,7 +614,7 @@ def pseudolabel(config: Any, device: torch.device | None = None) -> dict[str, An
 def score_pseudo_labels(config: Any, dataset: SemanticKITTI) -> dict[str, Any]:
     """Pseudo-label accuracy of `config` on every frame of `dataset` in memory (no files): for ablation studies
     that share one set of frames. Frames run in order, so the queue fills as in `pseudolabel`."""
-    labeler = PseudoLabeler(config, build_source(config, _device(config.run.device)))
+    labeler = PseudoLabeler(config, build_source(config, resolve_device(config.run.device)))
     accuracy = Accuracy(config.data.setting)
     for i in range(len(dataset)):
         sample = dataset[i]
@@ -651,14 +652,6 @@ def _in_image(sample: dict[str, Any]) -> np.ndarray:
     mask = np.zeros(len(sample["points"]), dtype=bool)
     mask[sample["fov_index"]] = True
     return mask
-
-
-def _device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise InputError("run.device is cuda but no CUDA device is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def run(request: Any) -> dict[str, Any]:

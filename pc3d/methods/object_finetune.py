@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from pc3d.engine.device import resolve_device
 from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
 from pc3d.io.atomic import write_text_atomic
@@ -141,10 +142,6 @@ def _trained_method(config: Any, result: dict[str, Any], build: Any) -> Method:
     return setup.method
 
 
-def _eval_device(config: Any) -> torch.device:
-    return torch.device("cuda" if config.run.device != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def run_classification(request: Any) -> dict[str, Any]:
     """Finetune, then test the best checkpoint once plainly and with `votes` votes."""
     from pc3d.data.readers.objects import classification_sets
@@ -152,7 +149,7 @@ def run_classification(request: Any) -> dict[str, Any]:
 
     config = request.config
     result = fit(request, build_classification)
-    method = _trained_method(config, result, build_classification).to(_eval_device(config))
+    method = _trained_method(config, result, build_classification).to(resolve_device(config.run.device))
     _, test, _ = classification_sets(config.data, config.run.seed)
     scores = evaluate_classifier(method, test, config.votes, config.train.batch_size, config.run.seed)
     summary = {"test_oa": scores["single"]["oa"], "test_macc": scores["single"]["macc"]}
@@ -300,7 +297,7 @@ def run_partseg(request: Any) -> dict[str, Any]:
 
     config = request.config
     result = fit(request, build_partseg)
-    method = _trained_method(config, result, build_partseg).to(_eval_device(config))
+    method = _trained_method(config, result, build_partseg).to(resolve_device(config.run.device))
     _, test = partseg_sets(config.data, config.run.seed)
     scores = evaluate_partseg(method, test, config.train.batch_size)
     if result.get("run_dir"):
@@ -350,7 +347,7 @@ def run_svm(request: Any) -> dict[str, Any]:
     torch.manual_seed(config.run.seed)
     model = FrozenEncoder(config.model)
     report = encoder_report(model, load_weights(spec)) if spec else {"loaded": 0, "missing": ["(random init)"]}
-    device = _eval_device(config)
+    device = resolve_device(config.run.device)
     model.to(device).eval()
     train, test, num_classes = classification_sets(config.data, config.run.seed)
     train_x, train_y = extract_features(model, train, config.train.batch_size, device)

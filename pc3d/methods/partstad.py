@@ -42,6 +42,7 @@ from pc3d.config.partstad import (
     SuperpointConfig,
     VotingConfig,
 )
+from pc3d.engine.device import resolve_device
 from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
 from pc3d.runs import RunRequest
@@ -596,7 +597,7 @@ def _matches_a_box(votes: ShapeVotes, group: list[int], part_boxes: np.ndarray, 
 class TwoDModels:
     """The detector and SAM of a preset, built once (weights through pc3d.foundation.hub)."""
 
-    def __init__(self, cfg: PartstadSections, device: str = "cpu") -> None:
+    def __init__(self, cfg: PartstadSections, device: str | torch.device = "cpu") -> None:
         self.cfg = cfg
         self.detector = None
         self.sam = None
@@ -732,10 +733,6 @@ def load_network(spec: str, feature_dim: int, cfg: NetworkConfig) -> WeightNetwo
     return network.eval()
 
 
-def _device(setting: str) -> str:
-    return "cuda" if setting in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-
-
 def segment(request: RunRequest) -> dict[str, Any]:
     """`pc3d segment FILE --parts a,b,c`: per-point part labels of one object, with outputs written atomically."""
     from pc3d.io.pointcloud import read_point_cloud
@@ -749,7 +746,7 @@ def segment(request: RunRequest) -> dict[str, Any]:
     category = inputs.get("category") or path.stem.split("_")[0]
     cloud = read_point_cloud(path, num_points=cfg.num_points, seed=cfg.run.seed)
     truth = ground_truth_parts(path, cloud, parts)
-    models = TwoDModels(cfg, _device(cfg.run.device))
+    models = TwoDModels(cfg, resolve_device(cfg.run.device))
     prepared = prepare_shape(cloud.points, cloud.colors, parts, models, truth, cfg.run.seed)
     weights = inputs.get("checkpoint") or cfg.weights
     voting = cfg.voting
@@ -954,7 +951,7 @@ def cached_votes(record: ShapeRecord, parts: Sequence[str], cfg: PartstadFewShot
             data = {k: arrays[k] for k in arrays.files}
     else:
         if not models_box:
-            models_box.append(TwoDModels(cfg, _device(cfg.run.device)))
+            models_box.append(TwoDModels(cfg, resolve_device(cfg.run.device)))
         cloud = read_point_cloud(record.cloud)
         truth = ground_truth_parts(record.cloud, cloud, parts)
         if truth is None:

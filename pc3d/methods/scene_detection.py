@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pc3d.engine.device import resolve_device
 from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
 from pc3d.models.point_mae import step_generator
@@ -291,12 +292,6 @@ def run(request: Any) -> dict:
 BOX_EDGES = np.array([(a, a | bit) for a in range(8) for bit in (1, 2, 4) if not a & bit], dtype=np.int32)
 
 
-def _device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def load_detector(spec: str, config: Any) -> tuple[SceneDetection, Any]:
     """A trained detector from a pc3d checkpoint (its own saved model config wins over the preset's,
     so any run's checkpoint loads) or from bare weights that fit the preset's model."""
@@ -406,7 +401,7 @@ def detect(request: Any) -> dict[str, Any]:
                          "(train one with `pc3d finetune det-scannet`)")
     cloud = read_point_cloud(cloud_path)
     method, model_config = load_detector(str(spec), config)
-    device = _device(config.run.device)
+    device = resolve_device(config.run.device)
     method.to(device).eval()
     rng = np.random.default_rng(config.run.seed)
     n, wanted = len(cloud.points), model_config.data.num_points
