@@ -10,11 +10,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements-lock.txt
 LATEST := .venv-latest
+SMOKE := .venv-smoke
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # `pytest`, not `python -m pytest`: the latter puts the repository root first on sys.path
 PYTEST_ARGS := -n 2 --dist loadfile tests
 
-.PHONY: install demo test test-latest lock lint bench completions clean
+.PHONY: install demo test test-latest lock smoke gpu-check lint bench completions clean
 
 $(STAMP): pyproject.toml setup.py $(LOCK)
 	@missing=""; \
@@ -51,6 +52,16 @@ test-latest:
 lock: test-latest
 	$(LATEST)/bin/python scripts/lock.py write $(LOCK)
 
+# Another Python (`make smoke PYTHON=python3.13`): install from pyproject's ranges (PyPI's torch: a CUDA build
+# on Pythons without the local CPU wheel), the install and sparse-backend tests, then every quickstart (demo).
+smoke:
+	rm -rf $(SMOKE)
+	$(PYTHON) -m venv $(SMOKE)
+	$(SMOKE)/bin/pip install -q --upgrade pip
+	$(SMOKE)/bin/pip install -q -e ".[dev]"
+	$(SMOKE)/bin/pytest -n 2 tests/test_install.py tests/test_sparse_backends.py tests/test_cli.py
+	PATH="$(abspath $(SMOKE))/bin:$$PATH" DEMO_OUT=$(SMOKE)/demo-out bash scripts/demo.sh
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -58,8 +69,13 @@ bench: install
 	$(BIN)/python bench/ops.py
 	$(BIN)/python bench/train_step.py
 
+# On a bare CUDA machine (see scripts/gpu_check.py): `bash scripts/gpu-wheels.sh` on a CPU machine first,
+# then this; it uses the machine's own python, not a venv.
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py --out gpu-check.json
+
 completions: install
 	$(BIN)/python -m pc3d.cli.completions completions
 
 clean:
-	rm -rf $(VENV) $(LATEST) demo-out .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(SMOKE) demo-out .pytest_cache

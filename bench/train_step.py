@@ -6,6 +6,7 @@ The model's FLOPs per sample are counted twice, by hand (shapes below) and by to
 and the achieved FLOP/s is divided by the FLOP/s of a large fp32 matmul measured here: the utilisation.
 
     python bench/train_step.py [--batch 32] [--steps 3] [--device auto] [--threads N] [--json]
+    python bench/train_step.py --device cuda --amp    # bf16 autocast; also against a bf16 matmul
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_s(device: torch.device, n: int, repeats: int) -> float:
-    """Best-of FLOP/s of an n x n fp32 matmul: the machine's practical peak for dense math."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_flops_per_s(device: torch.device, n: int, repeats: int, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of FLOP/s of an n x n matmul (fp32 by default): the machine's practical peak for dense math."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     synchronize(device)
     best = float("inf")
@@ -49,12 +50,15 @@ def matmul_flops_per_s(device: torch.device, n: int, repeats: int) -> float:
     return 2.0 * n**3 / best
 
 
-def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: int, device: torch.device):
+def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: int, device: torch.device,
+              amp: bool = False):
     neighborhood = torch.randn(batch, GROUPS, GROUP_SIZE, 3, device=device) * 0.1
     center = torch.randn(batch, GROUPS, 3, device=device)
 
     def step() -> None:
-        loss = model(neighborhood, center).pow(2).mean()
+        # bf16 autocast as pc3d's trainer uses it on CUDA (train.amp auto); bf16 needs no loss scaling
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model(neighborhood, center).float().pow(2).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--matmul", type=int, default=2048, help="matmul size for the FLOP/s reference")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast; utilisation also against a bf16 matmul")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,7 +92,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = PointMAEEncoder(DIM, DEPTH, HEADS, drop_path=0.0).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    step = make_step(model, optimizer, args.batch, device)
+    step = make_step(model, optimizer, args.batch, device, args.amp)
 
     counted = counted_training_flops(step) / args.batch  # also serves as the warm-up step
     synchronize(device)
@@ -109,8 +114,11 @@ def main() -> None:
         "forward_gflop_per_sample": forward / 1e9, "train_gflop_per_sample": training / 1e9,
         "train_gflop_per_sample_counted": counted / 1e9,
         "achieved_gflop_per_s": achieved / 1e9, "matmul_gflop_per_s": peak / 1e9,
-        "utilisation": achieved / peak,
+        "utilisation": achieved / peak, "amp": args.amp,
     }
+    if args.amp:
+        peak_bf16 = matmul_flops_per_s(device, args.matmul, repeats=5, dtype=torch.bfloat16)
+        result.update(matmul_bf16_gflop_per_s=peak_bf16 / 1e9, utilisation_bf16=achieved / peak_bf16)
     if args.json:
         print(json.dumps(result))
         return
@@ -122,6 +130,9 @@ def main() -> None:
     print(f"  achieved              {achieved / 1e9:10.1f} GFLOP/s")
     print(f"  fp32 matmul {args.matmul}^3   {peak / 1e9:10.1f} GFLOP/s")
     print(f"  utilisation           {achieved / peak:10.1%}")
+    if args.amp:
+        print(f"  bf16 matmul {args.matmul}^3   {result['matmul_bf16_gflop_per_s']:10.1f} GFLOP/s")
+        print(f"  utilisation (bf16)    {result['utilisation_bf16']:10.1%}")
 
 
 if __name__ == "__main__":

@@ -3,21 +3,23 @@ _pc3d() {
   local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
   local cmd="${COMP_WORDS[1]}" sub="${COMP_WORDS[2]}" opts="" args=""
   if [[ $COMP_CWORD -eq 1 ]]; then
-    COMPREPLY=($(compgen -W 'data detect eval finetune pretrain pseudolabel segment --help --version' -- "$cur")); return
+    COMPREPLY=($(compgen -W 'data detect eval finetune info presets pretrain pseudolabel segment --help --version' -- "$cur")); return
   fi
   case "$prev" in
-    --checkpoint|--data|--from|--gt|--out|--pred|-c|-o) COMPREPLY=($(compgen -f -- "$cur")); return;;
+    --checkpoint|--data|--from|--gt|--out|--pred|--resume-from|-c|-o) COMPREPLY=($(compgen -f -- "$cur")); return;;
     --device) COMPREPLY=($(compgen -W 'auto cpu cuda' -- "$cur")); return;;
     --convention) COMPREPLY=($(compgen -W 'auto semantickitti scannet' -- "$cur")); return;;
   esac
   case "$cmd $sub" in
     'data synth') opts='--count -n --seed --points --preview --no-preview --json --quiet -q --verbose -v --help -h'; args='objects scenes lidar';;
-    'detect '*) opts='--checkpoint -c --threshold --preset -p --set -s --out -o --seed --device --json --quiet -q --verbose -v --help -h'; args='';;
+    'detect '*) opts='--checkpoint -c --threshold --preset -p --set -s --out -o --seed --device --print-config --json --quiet -q --verbose -v --help -h'; args='';;
     'eval '*) opts='--pred --gt --num-classes --ignore-index --class-names --convention --unseen --instance-classes --min-region-size --thing-classes --ignore-classes --min-points --category --num-parts --kitti-remap --no-kitti-remap --json --quiet -q --verbose -v --help -h'; args='';;
-    'finetune '*) opts='--from --data --category --preset -p --set -s --out -o --seed --device --gpus --nproc --resume --push-to-hub --json --quiet -q --verbose -v --help -h'; args='affinity3d-semantickitti cls-modelnet40 cls-scanobjectnn cls-synthetic det-scannet det-sunrgbd fewshot-modelnet40 partseg-shapenetpart partstad-fewshot probe-scannet semseg-s3dis svm-modelnet40';;
-    'pretrain '*) opts='--data --preset -p --set -s --out -o --seed --device --gpus --nproc --resume --from --push-to-hub --json --quiet -q --verbose -v --help -h'; args='geomask3d point-mae point-mode sonata';;
-    'pseudolabel '*) opts='--data --preset -p --set -s --out -o --seed --device --json --quiet -q --verbose -v --help -h'; args='affinity3d';;
-    'segment '*) opts='--parts --category --weights --checkpoint -c --instances --preset -p --set -s --out -o --seed --device --json --quiet -q --verbose -v --help -h'; args='';;
+    'finetune '*) opts='--from --data --category --preset -p --set -s --out -o --seed --device --gpus --nproc --resume --resume-from --allow-change --push-to-hub --print-config --json --quiet -q --verbose -v --help -h'; args='affinity3d-semantickitti affinity3d-semantickitti-quickstart cls-modelnet40 cls-modelnet40-quickstart cls-scanobjectnn cls-scanobjectnn-obj-bg cls-scanobjectnn-obj-only cls-synthetic cls-synthetic-quickstart det-scannet det-scannet-pointcept det-scannet-quickstart det-sunrgbd fewshot-modelnet40 fewshot-modelnet40-quickstart partseg-shapenetpart partseg-shapenetpart-quickstart partstad-fewshot partstad-fewshot-quickstart partstad-fewshot-tiny-random probe-s3dis probe-scannet probe-scannet-decoder probe-scannet-full probe-scannet-panoptic-quickstart probe-scannet-quickstart probe-scannet-semseg probe-scannet-semseg-quickstart probe-scannet-sonata probe-semantickitti probe-semantickitti-quickstart probe-unsup-scannet probe-unsup-scannet-quickstart semseg-s3dis semseg-s3dis-quickstart svm-modelnet40 svm-modelnet40-quickstart';;
+    'info '*) opts='--json --help -h'; args='';;
+    'presets '*) opts='--json --help -h'; args='pretrain finetune pseudolabel segment detect';;
+    'pretrain '*) opts='--data --preset -p --set -s --out -o --seed --device --gpus --nproc --resume --resume-from --allow-change --from --push-to-hub --print-config --json --quiet -q --verbose -v --help -h'; args='geomask3d geomask3d-quickstart point-mae point-mae-quickstart point-mode point-mode-no-coord-transform point-mode-no-joint-projection point-mode-no-stop-gradient point-mode-object-only point-mode-quickstart point-mode-scene-only pointins pointins-ablation-coord-centroid pointins-ablation-fitted-prior pointins-ablation-lognormal pointins-ablation-no-cross-view pointins-ablation-no-odr pointins-ablation-no-scr pointins-ablation-scr-first pointins-ablation-student-odr pointins-large pointins-outdoor pointins-quickstart pointins-s3dis pointins-study sonata sonata-large sonata-quickstart sonata-study';;
+    'pseudolabel '*) opts='--data --preset -p --set -s --out -o --seed --device --print-config --json --quiet -q --verbose -v --help -h'; args='affinity3d affinity3d-kitti affinity3d-oracle affinity3d-oracle-noisy affinity3d-tiny-random';;
+    'segment '*) opts='--parts --category --weights --checkpoint -c --instances --preset -p --set -s --out -o --seed --device --print-config --json --quiet -q --verbose -v --help -h'; args='';;
     'data '*) [[ $COMP_CWORD -eq 2 ]] && { COMPREPLY=($(compgen -W 'synth' -- "$cur")); return; };;
   esac
   if [[ "$cur" == -* ]]; then

@@ -62,9 +62,17 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def save_config(self, config: dict[str, Any]) -> None:
-        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        self.save_config_only(config)
         info = {"versions": package_versions(), "argv": sys.argv}
         write_text_atomic(self.path / "versions.json", json.dumps(info, indent=2))
+
+    def save_config_only(self, config: dict[str, Any]) -> None:
+        """Rewrite config.yaml alone (a resume that changed the config keeps the run's versions.json)."""
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line (line-sized appends; a crash loses at most the last line)."""
@@ -78,7 +86,10 @@ class RunRequest:
 
     config: Any  # a validated pc3d.config.PresetBase subclass
     preset_name: str
-    resume: bool = False
+    resume: bool = False  # continue the latest run of this name; an error when there is none
+    resume_auto: bool = False  # continue the latest run of this name when there is one, else start one
+    resume_checkpoint: str | None = None  # continue exactly this checkpoint sidecar (in <run>/checkpoints/)
+    resume_changes: dict[str, dict[str, Any]] | None = None  # key -> {"from", "to"}: accepted with --allow-change
     init_from: str | None = None  # weights to start from: path or hf://owner/repo[@rev][/file]
     push_to_hub: str | None = None
     inputs: dict[str, Any] | None = None  # command-specific inputs (point-cloud file, part names, ...)

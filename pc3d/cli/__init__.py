@@ -14,15 +14,19 @@ import typer
 
 from pc3d import __version__
 from pc3d.cli import data as data_cli
+from pc3d.cli.catalog import presets_command
 from pc3d.cli.evaluate import eval_command
 from pc3d.cli.inference import detect, pseudolabel, segment
+from pc3d.cli.info import info_command
+from pc3d.cli.resume import rewrite_resume_argv
 from pc3d.cli.training import finetune, pretrain
 from pc3d.errors import EXIT_BAD_INPUT, EXIT_FAILURE, Pc3dError
 
 app = typer.Typer(
     name="pc3d",
     help="Point-cloud deep learning from the command line: pretrain, finetune, pseudolabel, segment, "
-    "detect, eval. Runs on the embedded synthetic data when no dataset is given.",
+    "detect, eval. Runs on the embedded synthetic data when no dataset is given. `pc3d presets` lists the "
+    "presets, `pc3d info` prints what a bug report needs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -51,6 +55,8 @@ app.command("pseudolabel")(pseudolabel)
 app.command("segment")(segment)
 app.command("detect")(detect)
 app.command("eval")(eval_command)
+app.command("presets")(presets_command)
+app.command("info")(info_command)
 app.add_typer(data_cli.app, name="data")
 
 
@@ -63,8 +69,9 @@ def _fail(message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the app, turning every failure into one stderr line + exit code."""
     command = typer.main.get_command(app)
+    args = rewrite_resume_argv(list(sys.argv[1:] if argv is None else argv))
     try:
-        result = command.main(args=argv, prog_name="pc3d", standalone_mode=False)
+        result = command.main(args=args, prog_name="pc3d", standalone_mode=False)
     except Pc3dError as exc:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

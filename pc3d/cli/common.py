@@ -23,12 +23,22 @@ class Device(str, Enum):
 
 PresetOpt = Annotated[
     str | None,
-    typer.Option("--preset", "-p", help="Preset name (see the list above) or a YAML file.", metavar="NAME|FILE"),
+    typer.Option("--preset", "-p", metavar="NAME|FILE",
+                 help="A variant of this command's preset (--preset quickstart), another shipped preset, or a "
+                 "YAML file; `pc3d presets COMMAND` lists them."),
 ]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a preset value, e.g. --set train.lr=1e-4 (repeatable).",
-                 metavar="KEY.PATH=VALUE"),
+def set_opt(example: str) -> Any:
+    """The --set option, with an example that is a real key of this command's presets (a test checks it)."""
+    return Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help=f"Override a preset value, e.g. --set {example} (repeatable); "
+                     "--print-config shows the keys.", metavar="KEY.PATH=VALUE"),
+    ]
+
+
+SetOpt = set_opt("optim.lr=1e-4")  # pretrain, finetune and detect presets all train with an optimiser
+PrintConfigOpt = Annotated[
+    bool, typer.Option("--print-config", help="Print the resolved config (YAML) on stdout and exit without running.")
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (run folders go below it).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (overrides run.seed).")]
@@ -93,17 +103,53 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def preset_help(command: str) -> str:
-    from pc3d.config import PLANNED, available_presets
+# inference commands run a family of presets named after their default one (detect: a finetune preset's model)
+COMMAND_PRESETS = {"segment": "partstad", "detect": "det-scannet"}
 
-    shipped = available_presets(command)
-    planned = [name for name, (cmd, _) in PLANNED.items() if cmd == command and name not in shipped]
+
+def preset_families(command: str) -> dict[str, list[str]]:
+    """Top-level presets a command runs -> their variants (what `--preset` takes next to them)."""
+    from pc3d.config import preset_catalog
+
+    catalog = preset_catalog()
+    tops = sorted(n for n, info in catalog.items() if info.base is None and
+                  (info.command == command or n == COMMAND_PRESETS.get(command)))
+    return {top: sorted(info.variant for info in catalog.values() if info.base == top) for top in tops}
+
+
+def preset_help(command: str) -> str:
+    """The presets paragraph of a command's --help: one unwrapped line per preset with its variants."""
+    import textwrap
+
+    from pc3d.config import PLANNED
+
+    families = preset_families(command)
+    planned = [name for name, (cmd, _) in PLANNED.items() if cmd == command and name not in families]
     parts = []
-    if shipped:
-        parts.append("Presets: " + ", ".join(shipped) + ".")
+    if families:
+        width = max(len(top) for top in families) + 2
+        lines = ["\b", f"Presets and their variants (for --preset); `pc3d presets {command}` describes them:"]
+        for top, variants in families.items():
+            # click would break names at their hyphens; \b keeps these lines as written
+            wrapped = textwrap.wrap(", ".join(variants) or "-", 76 - width, break_on_hyphens=False,
+                                    break_long_words=False)
+            lines += [f"  {top:<{width}}{wrapped[0]}", *(f"  {'':<{width}}{rest}" for rest in wrapped[1:])]
+        parts.append("\n".join(lines))
     if planned:
         parts.append("Not built yet: " + ", ".join(planned) + ".")
-    return " ".join(parts)
+    return "\n\n".join(parts)
+
+
+def print_config(config: Any, json_out: bool) -> None:
+    """--print-config: the config a command would run, as YAML (or one JSON object with --json)."""
+    data = config.model_dump(mode="json")
+    if json_out:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    sys.stdout.flush()
 
 
 def resolve_config(command: str, name: str, preset: str | None, sets: list[str] | None,
@@ -114,7 +160,7 @@ def resolve_config(command: str, name: str, preset: str | None, sets: list[str] 
     from pc3d.config import apply_overrides, load_preset, validate_preset
 
     source = preset or name
-    data = load_preset(source, variant_of=name if preset else None)
+    data = load_preset(source, variant_of=name if preset else None, command=command)
     if data.get("command") not in (None, command, *also_accept):
         raise ConfigError(f"preset '{source}' is a '{data.get('command')}' preset, not a '{command}' one")
     data.setdefault("command", command)

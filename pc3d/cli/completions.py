@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 # options whose value is a path: complete files there
-_PATH_OPTIONS = {"--out", "-o", "--pred", "--gt", "--data", "--checkpoint", "-c", "--from"}
+_PATH_OPTIONS = {"--out", "-o", "--pred", "--gt", "--data", "--checkpoint", "-c", "--from", "--resume-from"}
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pc3d.cli.common import (
     JsonOpt,
     OutOpt,
     PresetOpt,
+    PrintConfigOpt,
     QuietOpt,
     SeedOpt,
     SetOpt,
@@ -20,10 +21,16 @@ from pc3d.cli.common import (
     dispatch,
     emit,
     preset_help,
+    print_config,
     resolve_config,
+    set_opt,
     setup_output,
 )
 from pc3d.errors import InputError
+
+# pseudo-labelling and segmentation presets have no optimiser: their --set example names their own keys
+PseudoSetOpt = set_opt("data.synthetic_count=3")
+SegmentSetOpt = set_opt("superpoints.method=region-growing")
 
 CheckpointOpt = Annotated[
     str | None,
@@ -32,10 +39,13 @@ CheckpointOpt = Annotated[
 
 
 def _run(command: str, default_preset: str, preset, sets, out, seed, device, json_out, inputs: dict,
-         also_accept: tuple[str, ...] = ()) -> None:
+         show_config: bool, also_accept: tuple[str, ...] = ()) -> None:
     flags = {"out": str(out) if out else None, "seed": seed, "device": device}
     # the command's own preset is the base name; --preset picks a variant of it (or a file)
     config = resolve_config(command, default_preset, preset, sets, flags, also_accept)
+    if show_config:
+        print_config(config, json_out)
+        return
     result = dispatch(config, default_preset, inputs=inputs, init_from=inputs.get("checkpoint"))
     emit(result, json_out, title=command)
 
@@ -46,10 +56,11 @@ def pseudolabel(
         Path | None, typer.Option("--data", help="Dataset folder (default: embedded synthetic LiDAR).")
     ] = None,
     preset: PresetOpt = None,
-    set_: SetOpt = None,
+    set_: PseudoSetOpt = None,
     out: OutOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    print_config_: PrintConfigOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -58,6 +69,9 @@ def pseudolabel(
     sets = [*data_overrides(data), *(set_ or [])]
     flags = {"out": str(out) if out else None, "seed": seed, "device": device}
     config = resolve_config("pseudolabel", name, preset, sets, flags)
+    if print_config_:
+        print_config(config, json_out)
+        return
     emit(dispatch(config, name), json_out, title=f"pseudolabel {name}")
 
 
@@ -65,9 +79,11 @@ pseudolabel.__doc__ = f"""Zero-shot pseudo-labels for unlabelled scans (Affinity
 
 {preset_help("pseudolabel")}
 
-Example:
+Examples:
 
+
   pc3d pseudolabel affinity3d-kitti --data /data/SemanticKITTI/dataset
+  pc3d pseudolabel affinity3d --preset oracle --set data.synthetic_count=3
 """
 
 
@@ -86,10 +102,11 @@ def segment(
     ] = None,
     instances: Annotated[bool, typer.Option("--instances", help="Also merge part instances (PartSLIP).")] = False,
     preset: PresetOpt = None,
-    set_: SetOpt = None,
+    set_: SegmentSetOpt = None,
     out: OutOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    print_config_: PrintConfigOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -100,21 +117,25 @@ def segment(
         raise InputError("--parts needs at least one part name, e.g. --parts \"arm,seat,leg\"")
     sets = [*(set_ or []), *(["instances=true"] if instances else [])]
     inputs = {"cloud": cloud, "parts": names, "category": category, "checkpoint": weights}
-    _run("segment", "partstad", preset, sets, out, seed, device, json_out, inputs)
+    _run("segment", "partstad", preset, sets, out, seed, device, json_out, inputs, print_config_)
 
 
 segment.__doc__ = f"""Text-prompted part segmentation of one object (PartSTAD).
 
 {preset_help("segment")}
 
-Example:
+Examples:
 
+
   pc3d segment chair.ply --parts "arm,seat,leg"
+  pc3d segment chair.ply --parts "arm,seat,leg" --preset oracle --set instances=true
 """
 
 
 def detect(
-    cloud: Annotated[Path, typer.Argument(help="Scene point cloud (.ply .pcd .npy .npz .txt .bin).")],
+    cloud: Annotated[
+        Path, typer.Argument(help="Scene point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .bin .off .obj .stl).")
+    ],
     checkpoint: CheckpointOpt = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", min=0.0, max=1.0, help="Keep boxes scoring at least this.")
@@ -124,6 +145,7 @@ def detect(
     out: OutOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    print_config_: PrintConfigOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -131,14 +153,17 @@ def detect(
     setup_output(json_out, quiet, verbose)
     sets = [*(set_ or []), *([f"detect.threshold={threshold}"] if threshold is not None else [])]
     inputs = {"cloud": cloud, "checkpoint": checkpoint}
-    _run("detect", "det-scannet", preset, sets, out, seed, device, json_out, inputs, also_accept=("finetune",))
+    _run("detect", "det-scannet", preset, sets, out, seed, device, json_out, inputs, print_config_,
+         also_accept=("finetune",))
 
 
 detect.__doc__ = f"""3D object detection in an indoor scene (Point-MoDE detector).
 
 {preset_help("detect")}
 
-Example:
+Examples:
 
-  pc3d detect scene0000_00.ply --checkpoint runs/det-scannet/latest/checkpoints/best.safetensors
+
+  pc3d detect scene0000_00.ply --checkpoint runs/det-scannet/<time>/checkpoints/best.json
+  pc3d detect scene.ply --preset quickstart --checkpoint runs/det-scannet/<time>/checkpoints/last.json --threshold 0.3
 """

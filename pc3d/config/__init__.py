@@ -14,11 +14,14 @@ from pc3d.config.base import (
     TrainConfig,
 )
 from pc3d.config.loading import (
+    PresetInfo,
     apply_overrides,
     available_presets,
+    did_you_mean,
     find_preset,
     load_preset,
     parse_override,
+    preset_catalog,
     validate_preset,
 )
 from pc3d.config.registry import PLANNED, SCHEMAS, register_schema, schema_for
@@ -29,14 +32,17 @@ __all__ = [
     "DataConfig",
     "OptimConfig",
     "PresetBase",
+    "PresetInfo",
     "RunConfig",
     "StrictModel",
     "TrainConfig",
     "apply_overrides",
     "available_presets",
+    "did_you_mean",
     "find_preset",
     "load_preset",
     "parse_override",
+    "preset_catalog",
     "register_schema",
     "schema_for",
     "validate_preset",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
+import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,23 +31,95 @@ def available_presets(command: str | None = None) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _preset_commands() -> dict[str, str | None]:
-    """Shipped preset name -> its `command` (read once: every --help lists presets per command)."""
-    commands: dict[str, str | None] = {}
+def _raw_presets() -> dict[str, tuple[dict[str, Any], str]]:
+    """Shipped preset name -> (its own YAML keys, its text), read once: every --help lists presets."""
+    raw: dict[str, tuple[dict[str, Any], str]] = {}
     for path in sorted(_preset_dir().glob("*.yaml")):
+        text = path.read_text()
         try:
-            data = yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}
+            data = yaml.load(text, Loader=_YAML_LOADER) or {}
         except yaml.YAMLError:
             data = {}
-        commands[path.stem] = data.get("command") if isinstance(data, dict) else None
-    return commands
+        raw[path.stem] = (data if isinstance(data, dict) else {}, text)
+    return raw
 
 
-def find_preset(name_or_file: str, variant_of: str | None = None) -> Path:
+@functools.lru_cache(maxsize=1)
+def _preset_commands() -> dict[str, str | None]:
+    """Shipped preset name -> its `command`, following `extends` (most variants only name their parent)."""
+    raw = _raw_presets()
+
+    def command_of(name: str, seen: tuple[str, ...] = ()) -> str | None:
+        data = raw.get(name, ({}, ""))[0]
+        if data.get("command"):
+            return data["command"]
+        parent = data.get("extends")
+        return command_of(str(parent), (*seen, name)) if parent and parent not in seen else None
+
+    return {name: command_of(name) for name in raw}
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """A shipped preset as `pc3d presets` shows it."""
+
+    name: str
+    command: str | None
+    description: str
+    base: str | None  # the preset this is a variant of (`<base>-<variant>.yaml`, same command), or None
+    variant: str | None  # what `--preset` calls it next to its base: point-mae-quickstart -> quickstart
+
+
+def _leading_comment(text: str) -> str:
+    """The first sentence of the comment block a preset file starts with."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    joined = " ".join(part for part in lines if part)
+    match = re.search(r"\.(\s+[A-Z`(]|$)", joined)  # a full stop followed by a new sentence or the end
+    return joined[: match.start() + 1] if match else joined
+
+
+def _base_of(name: str, commands: dict[str, str | None]) -> str | None:
+    """The longest other preset of the same command whose name + '-' starts this one."""
+    parts = name.split("-")
+    for cut in range(len(parts) - 1, 0, -1):
+        candidate = "-".join(parts[:cut])
+        if candidate in commands and commands[candidate] == commands[name]:
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def preset_catalog() -> dict[str, PresetInfo]:
+    """Every shipped preset with its command, one-line description and the preset it is a variant of."""
+    commands, raw = _preset_commands(), _raw_presets()
+    catalog = {}
+    for name, (data, text) in raw.items():
+        base = _base_of(name, commands)
+        top = base
+        while top is not None and _base_of(top, commands) is not None:
+            top = _base_of(top, commands)  # variants are named after the top preset: probe-scannet-semseg-quickstart
+        description = _leading_comment(text) or str(data.get("description") or "")
+        catalog[name] = PresetInfo(name, commands[name], description, top,
+                                   name[len(top) + 1:] if top else None)
+    return catalog
+
+
+def did_you_mean(name: str, candidates: list[str]) -> str:
+    """' (did you mean X?)' for the closest candidate, or ''."""
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def find_preset(name_or_file: str, variant_of: str | None = None, command: str | None = None) -> Path:
     """A YAML file by path, or a shipped preset by name.
 
     With `variant_of` (the command's positional name), `--preset quickstart` first looks for the
-    variant `<variant_of>-quickstart.yaml`, then for a preset called `quickstart`.
+    variant `<variant_of>-quickstart.yaml`, then for a preset called `quickstart`. `command` narrows
+    the suggestions for a name that is not found to that command's presets.
     """
     if variant_of and not Path(name_or_file).suffix:
         variant = _preset_dir() / f"{variant_of}-{name_or_file}.yaml"
@@ -60,8 +135,15 @@ def find_preset(name_or_file: str, variant_of: str | None = None) -> Path:
         return shipped
     if name_or_file in PLANNED:
         raise NotBuiltError(f"'{name_or_file}' is not built yet: {PLANNED[name_or_file][1]}")
-    names = ", ".join(available_presets()) or "none"
-    raise InputError(f"unknown preset '{name_or_file}' (shipped presets: {names})")
+    # suggest among what this command could run, not all shipped presets
+    own = available_presets(command) if command else available_presets()
+    candidates = list(own)
+    if variant_of:
+        candidates += [n[len(variant_of) + 1:] for n in available_presets() if n.startswith(f"{variant_of}-")]
+    hint = did_you_mean(name_or_file, candidates)
+    where = f"{command} " if command else ""
+    listing = f"`pc3d presets {command}`" if command else "`pc3d presets`"
+    raise InputError(f"unknown {where}preset '{name_or_file}'{hint}; {listing} lists them")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -91,9 +173,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_preset(name_or_file: str, variant_of: str | None = None,
-                _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+                _seen: tuple[str, ...] = (), command: str | None = None) -> dict[str, Any]:
     """Read a preset as a plain dict, resolving `extends: other-preset` (deep merge, child wins)."""
-    path = find_preset(name_or_file, variant_of)
+    path = find_preset(name_or_file, variant_of, command)
     data = _read_yaml(path)
     parent = data.pop("extends", None)
     if parent is not None:

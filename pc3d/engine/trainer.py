@@ -125,16 +125,25 @@ def _run_name(request: RunRequest) -> str:
 
 
 def _prepare_run(request: RunRequest) -> tuple[str, str | None]:
-    """The run folder (new, or the latest of this name for --resume) and the checkpoint to resume."""
+    """The run folder (new, or the one to continue) and the checkpoint to resume from."""
     config, name = request.config, _run_name(request)
-    if request.resume:
+    if request.resume_checkpoint:
+        sidecar = Path(request.resume_checkpoint)
+        run_path = sidecar.parent.parent
+        # methods that train several runs from one request (few-shot folds) must not all continue this one
+        if run_path.parent.name != name:
+            raise InputError(f"--resume {sidecar}: that checkpoint belongs to run '{run_path.parent.name}', "
+                             f"not '{name}'")
+        return str(run_path), str(sidecar)
+    if request.resume or request.resume_auto:
         run = RunDir.latest(config.run.out, name)
-        if run is None:
-            raise InputError(f"--resume: no earlier run named '{name}' under {config.run.out}/")
-        latest = CheckpointFolder(run.checkpoints, keep_last=1).latest()
-        if latest is None:
+        latest = CheckpointFolder(run.checkpoints, keep_last=1).latest() if run is not None else None
+        if latest is not None:
+            return str(run.path), str(latest)
+        if not request.resume_auto:  # auto: nothing to continue yet, so this job starts the run
+            if run is None:
+                raise InputError(f"--resume: no earlier run named '{name}' under {config.run.out}/")
             raise InputError(f"--resume: run {run.path} has no checkpoint yet")
-        return str(run.path), str(latest)
     run = RunDir.create(config.run.out, name)
     run.save_config(config.model_dump(mode="json"))
     return str(run.path), None
@@ -381,6 +390,15 @@ class _Trainer:
         self._pending_rng = ranks[self.ctx.rank] if len(ranks) == self.ctx.world_size else None
         if self.ctx.is_main:
             truncate_metrics(self.run_dir.metrics_file, self.step)
+            changes = self.plan.request.resume_changes
+            if changes:
+                # written only once the checkpoint fits, so config.yaml never names a config that did not run;
+                # the line keeps the history that the rewritten config.yaml no longer shows
+                self.run_dir.save_config_only(self.config.model_dump(mode="json"))
+                self.run_dir.log_metrics({"step": self.step, "epoch": self.epoch, "split": "resume",
+                                          "checkpoint": str(checkpoint.path), "changes": changes})
+                con.info("--allow-change: " + ", ".join(f"{k} {v['from']} -> {v['to']}"
+                                                         for k, v in changes.items()))
         con.info(f"resuming {self.run_dir.path} at epoch {self.epoch + 1}, step {self.step}")
 
     # ---- checkpoints

@@ -2,6 +2,8 @@
 
 Everything is written to a temporary file in the destination folder, flushed and fsynced,
 then renamed over the destination (rename is atomic on POSIX within one file system).
+The temporary file is created private (mode 0600, by mkstemp), so before the rename it gets the mode
+an ordinary `open()` would have given it: 0666 minus the process umask.
 """
 
 from __future__ import annotations
@@ -12,6 +14,28 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel reports it (Linux >= 4.7).
+
+    Elsewhere it is read by setting and restoring it, which is not atomic for other threads."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | os.PathLike, path: Path) -> None:
+    """Give the finished temporary file the umask's mode, then rename it over `path`."""
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -28,7 +52,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -48,7 +72,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
+        _publish(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
