@@ -232,6 +232,34 @@ def export_model(checkpoint: Checkpoint, stem: Path, extra: dict[str, Any] | Non
 # ---------------------------------------------------------------- weights for --from
 
 
+def _numpy_float64_globals() -> list[Any]:
+    """The pickle globals a numpy float64 scalar needs, and nothing else.
+
+    Official Point-MAE part-segmentation checkpoints store their metrics (`train_acc`, `test_acc`,
+    `class_avg_iou`, `inctance_avg_iou`) as numpy float64 next to `model_state_dict`; the weights-only
+    unpickler refuses them unless these exact globals are allowed. A numpy-1 pickle names the scalar
+    constructor `numpy.core.multiarray.scalar`, a numpy-2 pickle `numpy._core.multiarray.scalar`; the
+    dtype is rebuilt through `numpy.dtype` and its BUILD step needs the float64 dtype class."""
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
+            np.dtype, type(np.dtype(np.float64))]
+
+
+def torch_load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)` that also accepts numpy float64 scalars (official metrics).
+
+    Only the globals of `_numpy_float64_globals` are added to torch's weights-only allow-list, and only for
+    this call (a context manager, not the process-wide `add_safe_globals`); no other pickled type loads."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5 has no scoped allow-list: plain weights-only loading
+        return torch.load(path, map_location=map_location, weights_only=True)
+    with safe_globals(_numpy_float64_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 _NESTED_KEYS = ("model", "state_dict", "base_model", "model_state", "model_state_dict", "net", "module")
 
 
@@ -274,7 +302,7 @@ def load_weights(spec: str, map_location: str | torch.device = "cpu") -> dict[st
         return tensors
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         try:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            obj = torch_load_weights_only(path, map_location)
         except Exception as exc:  # unpickling errors come in many types; all mean the same to the user
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"weights {path}: cannot be loaded safely (weights_only): {first}") from None

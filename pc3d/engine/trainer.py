@@ -318,7 +318,13 @@ class _Trainer:
 
             source = self.plan.request.init_from
             report = self.method.load_pretrained(load_weights(source), source=source)
-            con.info(f"loaded {report['loaded']} tensors from {source}")
+            unused = list(report.get("skipped") or [])
+            con.info(f"loaded {report['loaded']} tensors from {source}"
+                     + (f"; {len(unused)} tensors of the file unused (--verbose lists them)" if unused else ""))
+            for note in report.get("notes") or []:
+                con.info(f"  {note}")
+            if unused:
+                con.debug("unused: " + ", ".join(map(str, unused)))
         seed_everything(cfg.run.seed + ctx.rank)  # per-rank streams for augmentation and masking
 
         workers = ctx.world_size * train.accumulate

@@ -40,8 +40,12 @@ from pc3d.ops.transforms import scale_and_translate
 
 
 def hard_share(epoch: int, total_epochs: int, max_share: float = 0.8) -> float:
-    """Curriculum A(e) = max_share * (e + 1) / E: the share of masked patches chosen as the hardest."""
-    return max_share * min(epoch + 1, total_epochs) / total_epochs
+    """Curriculum A(e) = max_share * (e + 1) / E: the share of masked patches chosen as the hardest.
+
+    Evaluated as the release does, float((e + 1) / E) * 0.8 (divide first, then scale): the other
+    order rounds differently in the last bit, which moves int(Nm * share) by one in some settings
+    (e.g. Nm = 77, e = 4, E = 77: 3 hard patches here, 4 with 0.8 * (e + 1) / E)."""
+    return float(min(epoch + 1, total_epochs) / total_epochs) * max_share
 
 
 def ema_decay(epoch: int, start: float, end: float, ramp_epochs: int) -> float:

@@ -3,8 +3,11 @@ few-shot n-way k-shot classification (folds, mean +- std), ShapeNetPart part seg
 the linear-SVM probe of frozen features.
 
 Any of these checkpoints can start a run (`--from` or `weights:`): an official Point-MAE
-`pretrain.pth` / finetuned classifier, a GeoMask3D checkpoint (student encoder; `norm_p` -> `norm`),
-or a pc3d run of point-mae / geomask3d / another object expert holding `*encoder.tokenizer.*` keys.
+`pretrain.pth` / finetuned classifier / part-segmentation `best_model.pth`, a GeoMask3D checkpoint
+(student encoder; `norm_p` -> `norm`), or a pc3d run of point-mae / geomask3d / another object expert
+holding `*encoder.tokenizer.*` keys. Besides the encoder, a finetuned classifier's class token and head
+(when its class count matches) and a part-segmentation checkpoint's head are used too; the report lists
+every tensor of the file that was not used.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pc3d.engine.device import resolve_device
 from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
 from pc3d.io.atomic import write_text_atomic
-from pc3d.models.convert import backbone_state, load_state
+from pc3d.models.convert import load_backbone, load_state
 from pc3d.models.point_mae import (
     PatchGrouper,
     PointMAEClassifier,
@@ -35,12 +38,21 @@ from pc3d.ops.transforms import scale_and_translate
 
 
 def encoder_report(model: torch.nn.Module, weights: dict[str, Tensor]) -> dict[str, Any]:
-    """Load the encoder part of any supported checkpoint into `model.encoder`; report what matched."""
-    state = {k: v for k, v in backbone_state(weights).items() if k.startswith("encoder.")}
-    report = load_state(model, state, only_prefix="encoder.")
-    if report.loaded == 0:
-        raise InputError("weights: no encoder tensor matches the model")
-    return {"loaded": report.loaded, "skipped": report.unexpected, "missing": report.missing}
+    """Load the encoder part of any supported checkpoint into `model.encoder`; report what matched
+    ('skipped': every tensor of the file that was not used, under the file's names)."""
+    return load_backbone(model, weights).as_dict()
+
+
+# what a classifier takes from a checkpoint besides the encoder (an official finetuned `PointTransformer`
+# or a pc3d object-cls run); each part loads whole or not at all (a head for another class count)
+CLASSIFIER_PARTS: dict[str, tuple[str, ...]] = {
+    "class token (cls_token, cls_pos)": ("cls_token", "cls_pos"),
+    "classifier head (cls_head_finetune)": ("head.",),
+}
+# the same for part segmentation (an official `best_model.pth` of segmentation/main.py, or a pc3d run)
+PARTSEG_PARTS: dict[str, tuple[str, ...]] = {
+    "segmentation head (label_conv, propagation_0, convs1-3, bns1-2)": ("label_conv.", "propagation.", "seg_head."),
+}
 
 
 # ------------------------------------------------------------------------------------ classification
@@ -76,10 +88,9 @@ class ObjectClassification(Method):
         return {"oa": metrics["oa"], "macc": metrics["macc"]}  # the engine adds "val/"
 
     def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
-        if any(k.startswith("model.head.") for k in weights):  # a pc3d classifier: resume everything
-            report = load_state(self, weights)
-            return {"loaded": report.loaded, "skipped": report.unexpected, "missing": report.missing}
-        return encoder_report(self.model, weights)
+        """Encoder of any supported checkpoint; class token and head too when the file has them (an
+        official finetuned classifier, a pc3d object-cls run), the head only for the same class count."""
+        return load_backbone(self.model, weights, CLASSIFIER_PARTS).as_dict()
 
     @torch.no_grad()
     def vote_logits(self, points: Tensor, votes: int, generator: torch.Generator) -> Tensor:
@@ -255,10 +266,9 @@ class ObjectPartSegmentation(Method):
         return {"miou_instance": scores["miou_instance"], "miou_category": scores["miou_category"]}
 
     def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
-        if any(k.startswith("model.seg_head.") for k in weights):
-            report = load_state(self, weights)
-            return {"loaded": report.loaded, "skipped": report.unexpected, "missing": report.missing}
-        return encoder_report(self.model, weights)
+        """Encoder of any supported checkpoint; the segmentation head too when the file has one (an
+        official part-segmentation checkpoint, a pc3d object-partseg run)."""
+        return load_backbone(self.model, weights, PARTSEG_PARTS).as_dict()
 
 
 def build_partseg(config: Any, rank: int) -> Any:

@@ -70,12 +70,14 @@ class PointMAEPretraining(Method):
     def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
         """Official `pretrain.pth` keys or a pc3d Point-MAE run (`model.*`)."""
         weights = strip_wrappers(weights)
+        unmapped: list[str] = []
         if is_official_layout(weights):
-            weights, _ = official_to_pc3d(weights)
+            weights, unmapped = official_to_pc3d(weights)
         elif any(k.startswith("model.") for k in weights):
+            unmapped = [k for k in weights if not k.startswith("model.")]
             weights = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
         report = load_state(self.model, weights)
-        return {"loaded": report.loaded, "skipped": report.unexpected, "missing": report.missing}
+        return {"loaded": report.loaded, "skipped": [*report.unexpected, *unmapped], "missing": report.missing}
 
 
 @torch.no_grad()

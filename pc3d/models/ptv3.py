@@ -3,7 +3,7 @@
 Points are grid-sampled, serialised along space-filling curves (z / z-trans / hilbert / hilbert-trans,
 the order list shuffled per serialisation while training), and attend inside fixed-size patches of
 consecutive points in serialised order (torch's scaled_dot_product_attention). Each block is
-CPE (spconv submanifold conv) -> pre-norm patch attention -> pre-norm MLP. Stages are joined by grid
+CPE (sparse submanifold conv, pc3d.models.sparse) -> pre-norm patch attention -> pre-norm MLP. Stages are joined by grid
 pooling (cells of twice the size, segment-max of a projection) that records which coarse point each
 fine point went to, so coarse features can be up-cast (concatenated back onto finer levels).
 """
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pc3d.errors import InputError
+from pc3d.models.sparse import SparseConvTensor, SubMConv3d
 from pc3d.ops.grid import grid_sample
 from pc3d.ops.scatter import scatter_max, scatter_mean
 from pc3d.ops.serialization import ORDERS, encode
@@ -37,7 +38,7 @@ class Point:
     feat: Tensor  # (N,C)
     orders: Tensor | None = None  # (O,N) serialised position -> point index, one row per curve
     inverses: Tensor | None = None  # (O,N) point index -> serialised position
-    sparse: object | None = None  # spconv SparseConvTensor over (batch, grid_coord), shared by the CPEs
+    sparse: SparseConvTensor | None = None  # sparse tensor over (batch, grid_coord), shared by the CPEs
     parent: Point | None = None  # the finer level this one was pooled from
     pooling_inverse: Tensor | None = None  # (N_parent,) which point of this level each parent point joined
     extras: dict[str, Tensor] = field(default_factory=dict)  # per-point values pooled by mean (origin_coord)
@@ -81,13 +82,11 @@ def serialize(point: Point, orders: tuple[str, ...], shuffle: bool) -> Point:
     return replace(point, orders=order, inverses=inverse, depth=depth)
 
 
-def sparse_tensor(point: Point) -> object:
-    """The spconv tensor of a level (its index pairs are computed once and shared by all CPEs)."""
-    from pc3d.models.sparse import spconv
-
+def sparse_tensor(point: Point) -> SparseConvTensor:
+    """The sparse tensor of a level (its index pairs are computed once and shared by all CPEs)."""
     indices = torch.cat([point.batch.unsqueeze(1), point.grid_coord], 1).int()
     shape = (point.grid_coord.max(0).values + 1).tolist()
-    return spconv.SparseConvTensor(point.feat, indices, shape, point.num_scenes)
+    return SparseConvTensor(point.feat, indices, shape, point.num_scenes)
 
 
 # ----------------------------------------------------------------------------- patch layout
@@ -143,33 +142,21 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
-def run_subm_conv(conv: nn.Module, cuda_algo: object, sparse: object) -> object:
-    """Apply a SubMConv3d with spconv's native algorithm on CPU (the only one it has there) and the module's
-    own (implicit GEMM) algorithm on CUDA; the weight layout is the same, so one module serves both."""
-    from pc3d.models.sparse import ConvAlgo
-
-    conv.algo = ConvAlgo.Native if sparse.features.device.type == "cpu" else cuda_algo
-    return conv(sparse)
-
-
 class SparseCPE(nn.Module):
     """Conditional positional encoding: SubMConv3d(k3) + Linear + LayerNorm (added residually by the block).
 
-    spconv's native algorithm runs on CPU; CUDA uses spconv's default (implicit GEMM). Both share the
-    KRSC weight layout, so one module serves either device."""
+    The conv runs on the sparse backend of the input's device (pc3d.models.sparse); all backends share the
+    KRSC weight layout, so one module serves either device and any backend."""
 
     def __init__(self, channels: int, indice_key: str) -> None:
         super().__init__()
-        from pc3d.models.sparse import spconv
-
         # no conv bias: spconv's CPU path has none, and the Linear right after absorbs it exactly
-        self.conv = spconv.SubMConv3d(channels, channels, 3, bias=False, indice_key=indice_key)
-        self.cuda_algo = self.conv.algo
+        self.conv = SubMConv3d(channels, channels, 3, bias=False, indice_key=indice_key)
         self.linear = nn.Linear(channels, channels)
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, point: Point, feat: Tensor) -> Tensor:
-        out = run_subm_conv(self.conv, self.cuda_algo, point.sparse.replace_feature(feat))
+        out = self.conv(point.sparse.replace_feature(feat))
         point.sparse = out  # keeps the index pairs cached under the indice key for the next block
         return self.norm(self.linear(out.features))
 
@@ -181,15 +168,12 @@ class SparseStem(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, norm: nn.Module) -> None:
         super().__init__()
-        from pc3d.models.sparse import spconv
-
-        self.conv = spconv.SubMConv3d(in_channels, channels, 5, bias=False, indice_key="stem")
-        self.cuda_algo = self.conv.algo
+        self.conv = SubMConv3d(in_channels, channels, 5, bias=False, indice_key="stem")
         self.norm = norm
         self.act = nn.GELU()
 
     def forward(self, point: Point) -> Tensor:
-        out = run_subm_conv(self.conv, self.cuda_algo, point.sparse.replace_feature(point.feat))
+        out = self.conv(point.sparse.replace_feature(point.feat))
         point.sparse = out  # the stem's index pairs stay cached beside the CPEs' (another indice key)
         return self.act(self.norm(out.features))
 

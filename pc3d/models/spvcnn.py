@@ -1,10 +1,11 @@
-"""SPVCNN (sparse point-voxel CNN) on spconv, in 2DPASS's layout (voxel 0.05 m, cs = 32..96).
+"""SPVCNN (sparse point-voxel CNN) on pc3d.models.sparse, in 2DPASS's layout (voxel 0.05 m, cs = 32..96).
 
 Voxel branch: stem (2 x SubM k3) -> 4 stages (Conv k2 s2, 2 residual blocks) -> 4 up stages (inverse conv k2,
 concat skip, 2 residual blocks). Point branch: features devoxelised (trilinear over the 8 surrounding voxel
-centres) at the stem, after stage 4, after up 2 and up 4, each adding a point MLP. On CPU spconv runs with
-ConvAlgo.Native. `forward` returns per-point features (N, cs[8]) and the multi-scale point features of the four
-encoder stages (strides 2, 4, 8, 16) used by the 2D-3D knowledge transfer.
+centres) at the stem, after stage 4, after up 2 and up 4, each adding a point MLP. The sparse convs run on
+the backend of the input's device (spconv, spconv-triton or plain torch; see pc3d.models.sparse). `forward`
+returns per-point features (N, cs[8]) and the multi-scale point features of the four encoder stages
+(strides 2, 4, 8, 16) used by the 2D-3D knowledge transfer.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pc3d.models.sparse import ConvAlgo, spconv
+from pc3d.models.sparse import (
+    SparseConv3d,
+    SparseConvTensor,
+    SparseInverseConv3d,
+    SparseModule,
+    SparseSequential,
+    SubMConv3d,
+)
 from pc3d.ops import scatter_mean
 
 _KEY_BITS = 20  # per-axis bits of the voxel hash (coordinates are shifted to be >= 0)
-
-
-def _spconv():
-    # Native works on CPU and CUDA alike (the implicit-GEMM algorithms are CUDA only)
-    return spconv, ConvAlgo.Native
 
 
 def voxel_keys(batch: Tensor, coords: Tensor) -> Tensor:
@@ -80,20 +83,19 @@ def voxel_to_point(x, points: PointCloudBatch, stride: int) -> Tensor:
     return out / total.clamp_min(1e-8)
 
 
-class ResidualBlock(spconv.SparseModule):
+class ResidualBlock(SparseModule):
     def __init__(self, cin: int, cout: int, key: str) -> None:
         super().__init__()
-        spconv, algo = _spconv()
-        self.main = spconv.SparseSequential(
-            spconv.SubMConv3d(cin, cout, 3, indice_key=key, bias=False, algo=algo), nn.BatchNorm1d(cout),
+        self.main = SparseSequential(
+            SubMConv3d(cin, cout, 3, indice_key=key, bias=False), nn.BatchNorm1d(cout),
             nn.ReLU(inplace=True),
-            spconv.SubMConv3d(cout, cout, 3, indice_key=key, bias=False, algo=algo), nn.BatchNorm1d(cout))
+            SubMConv3d(cout, cout, 3, indice_key=key, bias=False), nn.BatchNorm1d(cout))
         self.shortcut = (nn.Identity() if cin == cout else
-                         spconv.SparseSequential(spconv.SubMConv3d(cin, cout, 1, indice_key=key + "p", bias=False,
-                                                                   algo=algo), nn.BatchNorm1d(cout)))
+                         SparseSequential(SubMConv3d(cin, cout, 1, indice_key=key + "p", bias=False),
+                                          nn.BatchNorm1d(cout)))
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x):
+    def forward(self, x: SparseConvTensor) -> SparseConvTensor:
         skip = self.shortcut(x) if not isinstance(self.shortcut, nn.Identity) else x
         out = self.main(x)
         return out.replace_feature(self.relu(out.features + skip.features))
@@ -106,18 +108,17 @@ class SPVCNN(nn.Module):
                                                                                        96, 96),
                  voxel_size: float = 0.05, dropout: float = 0.3) -> None:
         super().__init__()
-        spconv, algo = _spconv()
         cs = list(channels)
         self.voxel_size, self.channels = voxel_size, cs
-        self.stem = spconv.SparseSequential(
-            spconv.SubMConv3d(in_channels, cs[0], 3, indice_key="s1", bias=False, algo=algo), nn.BatchNorm1d(cs[0]),
+        self.stem = SparseSequential(
+            SubMConv3d(in_channels, cs[0], 3, indice_key="s1", bias=False), nn.BatchNorm1d(cs[0]),
             nn.ReLU(inplace=True),
-            spconv.SubMConv3d(cs[0], cs[0], 3, indice_key="s1", bias=False, algo=algo), nn.BatchNorm1d(cs[0]),
+            SubMConv3d(cs[0], cs[0], 3, indice_key="s1", bias=False), nn.BatchNorm1d(cs[0]),
             nn.ReLU(inplace=True))
         self.down = nn.ModuleList()
         for i in range(4):
-            self.down.append(spconv.SparseSequential(
-                spconv.SparseConv3d(cs[i], cs[i], 2, 2, indice_key=f"d{i + 1}", bias=False, algo=algo),
+            self.down.append(SparseSequential(
+                SparseConv3d(cs[i], cs[i], 2, 2, indice_key=f"d{i + 1}", bias=False),
                 nn.BatchNorm1d(cs[i]), nn.ReLU(inplace=True),
                 ResidualBlock(cs[i], cs[i + 1], f"s{2 ** (i + 1)}"), ResidualBlock(cs[i + 1], cs[i + 1],
                                                                                f"s{2 ** (i + 1)}")))
@@ -125,12 +126,12 @@ class SPVCNN(nn.Module):
         self.up_conv, self.up_blocks = nn.ModuleList(), nn.ModuleList()
         for j in range(4):
             cin, cout = cs[4 + j], cs[5 + j]
-            self.up_conv.append(spconv.SparseSequential(
-                spconv.SparseInverseConv3d(cin, cout, 2, indice_key=f"d{4 - j}", bias=False, algo=algo),
+            self.up_conv.append(SparseSequential(
+                SparseInverseConv3d(cin, cout, 2, indice_key=f"d{4 - j}", bias=False),
                 nn.BatchNorm1d(cout), nn.ReLU(inplace=True)))
             stride = 2 ** (3 - j)
-            self.up_blocks.append(spconv.SparseSequential(ResidualBlock(cout + skips[j], cout, f"s{stride}"),
-                                                           ResidualBlock(cout, cout, f"s{stride}")))
+            self.up_blocks.append(SparseSequential(ResidualBlock(cout + skips[j], cout, f"s{stride}"),
+                                                   ResidualBlock(cout, cout, f"s{stride}")))
         self.point_mlps = nn.ModuleList([
             nn.Sequential(nn.Linear(cs[0], cs[4]), nn.BatchNorm1d(cs[4]), nn.ReLU(True)),
             nn.Sequential(nn.Linear(cs[4], cs[6]), nn.BatchNorm1d(cs[6]), nn.ReLU(True)),
@@ -140,9 +141,9 @@ class SPVCNN(nn.Module):
         self.scale_channels = cs[1:5]
 
     def forward(self, xyz: Tensor, batch: Tensor, features: Tensor) -> tuple[Tensor, list[Tensor]]:
-        spconv, _ = _spconv()
         batch = batch.long()
-        # voxel coordinates relative to each cloud's minimum corner (non-negative for the hash and spconv)
+        # voxel coordinates relative to each cloud's minimum corner (non-negative for the hash and the sparse
+        # convs)
         lo = torch.full((int(batch.max()) + 1, 3), float("inf"), device=xyz.device, dtype=xyz.dtype)
         lo = lo.scatter_reduce(0, batch[:, None].expand(-1, 3), xyz, "amin")
         coords = (xyz - lo[batch]) / self.voxel_size
@@ -156,7 +157,7 @@ class SPVCNN(nn.Module):
         shape = (cells.max(dim=0).values + 1).clamp_min(16).tolist()
         shape = [((s + 15) // 16) * 16 for s in shape]  # four stride-2 stages
         voxel_feats = scatter_mean(features, inverse, 0, len(unique_keys))
-        x0 = spconv.SparseConvTensor(voxel_feats, indices, shape, int(batch.max()) + 1)
+        x0 = SparseConvTensor(voxel_feats, indices, shape, int(batch.max()) + 1)
         x0 = self.stem(x0)
         z0 = voxel_to_point(x0, points, 1)
         x0 = x0.replace_feature(point_to_voxel(x0, PointCloudBatch(coords, batch, z0), 1))
