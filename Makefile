@@ -58,8 +58,8 @@ smoke:
 	rm -rf $(SMOKE)
 	$(PYTHON) -m venv $(SMOKE)
 	$(SMOKE)/bin/pip install -q --upgrade pip
-	$(SMOKE)/bin/pip install -q -e ".[dev]"
-	$(SMOKE)/bin/pytest -n 2 tests/test_install.py tests/test_sparse_backends.py tests/test_cli.py
+	$(SMOKE)/bin/pip install -q -e ".[dev,spconv]"
+	$(SMOKE)/bin/pytest -n 2 tests/test_install.py tests/test_sparse_backends.py tests/test_spvcnn.py tests/test_cli.py
 	PATH="$(abspath $(SMOKE))/bin:$$PATH" DEMO_OUT=$(SMOKE)/demo-out bash scripts/demo.sh
 
 lint: install
