@@ -113,9 +113,6 @@ class Step:
     parse: Callable[[str], dict[str, Any]] = lambda out: last_json(out) or {}
     judge: Callable[[Context, dict[str, Any]], str | None] = lambda ctx, figures: None  # a failure reason
     env: dict[str, str] = field(default_factory=dict)
-    # pc3d's synthetic meshes (pc3d/data/synthetic/mesh.py) are built with open3d, which is too big to carry:
-    # on a target without it such a step ends as "skipped (needs open3d)". Measured here with open3d hidden.
-    needs_open3d: bool = False
 
 
 @dataclass
@@ -178,15 +175,14 @@ def plan() -> list[Step]:
              bench("ops.py", "--device", "cuda"), parse=parse_ops),
         Step("pointins", 60, "bench/pointins.py --device cuda --size default --points 60000 --table9", "pointins",
              bench("pointins.py", "--device", "cuda", "--size", "default", "--points", "60000", "--table9",
-                   "--steps", "5"), parse=parse_pointins, needs_open3d=True),
+                   "--steps", "5"), parse=parse_pointins),
     ]
     for name in QUICKSTARTS:
         how = " --device cuda" if QUICKSTARTS[name][0] == "pseudolabel" else " --gpus 1, 1 epoch"
         steps.append(Step(f"qs:{name}", 30, "python -m pc3d " + " ".join(QUICKSTARTS[name]) + how,
-                          f"qs:{name}", quickstart_command(name), parse=parse_quickstart, judge=judge_quickstart,
-                          needs_open3d=True))
+                          f"qs:{name}", quickstart_command(name), parse=parse_quickstart, judge=judge_quickstart))
     steps.append(Step("nccl", 60, "point-mae quickstart with --gpus 2 (NCCL), only with 2 GPUs", "nccl",
-                      nccl_command, parse=parse_quickstart, judge=judge_quickstart, needs_open3d=True))
+                      nccl_command, parse=parse_quickstart, judge=judge_quickstart))
     return steps
 
 
@@ -264,11 +260,6 @@ def judge_quickstart(ctx: Context, figures: dict[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------- running the plan
 
 
-def missing_module(stderr: str) -> str | None:
-    match = re.search(r"No module named '([\w.]+)'", stderr)
-    return match.group(1).split(".")[0] if match else None
-
-
 def run_step(step: Step, ctx: Context, left_s: float) -> dict[str, Any]:
     record: dict[str, Any] = {"step": step.name, "budget_s": step.budget_s, "seconds": 0.0, "figures": {}}
     if step.budget_s > left_s:
@@ -299,10 +290,6 @@ def run_step(step: Step, ctx: Context, left_s: float) -> dict[str, Any]:
     if reported.get("status") == "skipped":  # a child that found its backend missing
         return {**record, "status": "skipped", "reason": reported.get("reason", "")}
     if code != 0:
-        gone = missing_module(stderr)
-        if gone == "open3d":  # known: pc3d's synthetic meshes need open3d, which is too big to carry
-            return {**record, "status": "skipped", "reason": "needs open3d (pc3d/data/synthetic/mesh.py), "
-                                                             "not installed here"}
         last = [line for line in stderr.strip().splitlines() if line.strip()]
         return {**record, "status": "failed", "reason": f"exit {code}: " + (last[-1][:300] if last else "")}
     reason = reported.get("reason") if reported.get("status") == "failed" else step.judge(ctx, figures)
@@ -506,21 +493,16 @@ def dry_run(budget_s: float) -> int:
     total = 0.0
     for step in steps:
         total += step.budget_s
-        print(f"  {step.name:30s} {step.budget_s:5.0f} s  {step.what}" + ("  [needs open3d]" if step.needs_open3d
-                                                                          else ""))
+        print(f"  {step.name:30s} {step.budget_s:5.0f} s  {step.what}")
     print(f"  {'(sum of budgets)':30s} {total:5.0f} s")
     wheels = sorted(p.name for p in WHEELS.glob("*.whl"))
     print(f"wheels to install from .whl/: {', '.join(wheels) if wheels else 'none (run scripts/gpu-wheels.sh)'}")
     keys = sorted({s.reaches for s in steps})
-    light = sorted({s.reaches for s in steps if not s.needs_open3d})
     findings = cuda_findings()
     missed = [f for f in findings if not reached_by(f, keys)]
-    only_open3d = [f for f in findings if f not in missed and not reached_by(f, light)]
     print(f"\nCUDA-only code paths of pc3d ({', '.join(CUDA_PATTERNS)}): "
           f"{len({(f.path, f.line) for f in findings})} lines")
     print_findings(f"reached by no step: {len({(f.path, f.line) for f in missed})} lines", missed)
-    print_findings(f"reached only by steps that need open3d (skipped where it is missing): "
-                   f"{len({(f.path, f.line) for f in only_open3d})} lines", only_open3d)
     return 0
 
 

@@ -115,13 +115,22 @@ def render_views(points: np.ndarray, colors: np.ndarray | None, cfg: RenderConfi
 
 def estimate_normals(points: np.ndarray, radius: float, max_nn: int) -> np.ndarray:
     """Open3D hybrid-radius normals, as PartSLIP's gen_superpoint.py, then turned away from the centroid:
-    Open3D leaves the sign arbitrary, and a flipped sign would look like a crease to the partition."""
-    import open3d as o3d
+    Open3D leaves the sign arbitrary, and a flipped sign would look like a crease to the partition.
+
+    Without open3d (or with PC3D_NO_OPEN3D=1) pc3d.ops.normals computes the same covariance normals with
+    scipy; the sign is arbitrary there too, and the centroid rule below orients both alike."""
+    from pc3d.optional import open3d_or_none
 
     xyz = np.asarray(points, dtype=np.float64)
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
-    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=max_nn))
-    normals = np.asarray(cloud.normals, dtype=np.float64)
+    o3d = open3d_or_none()
+    if o3d is None:
+        from pc3d.ops.normals import estimate_normals_hybrid
+
+        normals = estimate_normals_hybrid(xyz, radius, max_nn)
+    else:
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
+        cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=max_nn))
+        normals = np.asarray(cloud.normals, dtype=np.float64)
     inward = ((xyz - xyz.mean(0)) * normals).sum(1) < 0
     normals[inward] *= -1
     return normals

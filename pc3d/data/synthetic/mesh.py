@@ -1,8 +1,9 @@
 """Labelled triangle meshes built from primitives, and area-uniform surface sampling.
 
 Every face carries a label (a part id, or a semantic class) and an instance id, so a point
-sampled on a face, or a ray that hits it, inherits both. Primitives come from open3d's
-tessellators; everything after that is numpy.
+sampled on a face, or a ray that hits it, inherits both. Primitives are numpy copies of open3d's
+tessellators (pc3d.data.synthetic.primitives: same vertices and triangles, bit for bit), so the data is
+the same with or without open3d installed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pc3d.data.synthetic.primitives import box_mesh, cone_mesh, cylinder_mesh, sphere_mesh, torus_mesh
 from pc3d.io.mesh import sample_surface_points
 
 
@@ -65,9 +67,8 @@ def concat(meshes: Sequence[LabeledMesh]) -> LabeledMesh:
     )
 
 
-def _from_o3d(mesh, label: int, instance: int) -> LabeledMesh:
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    faces = np.asarray(mesh.triangles, dtype=np.int64)
+def _labeled(tessellation: tuple[np.ndarray, np.ndarray], label: int, instance: int) -> LabeledMesh:
+    vertices, faces = tessellation
     n = len(faces)
     return LabeledMesh(vertices, faces, np.full(n, label, np.int64), np.full(n, instance, np.int64))
 
@@ -96,10 +97,8 @@ def rotation_x(angle: float) -> np.ndarray:
 
 
 def box(center: Sequence[float], size: Sequence[float], label: int, instance: int) -> LabeledMesh:
-    import open3d as o3d
-
     sx, sy, sz = (float(s) for s in size)
-    mesh = _from_o3d(o3d.geometry.TriangleMesh.create_box(sx, sy, sz), label, instance)
+    mesh = _labeled(box_mesh(sx, sy, sz), label, instance)
     return mesh.transformed(translation=np.asarray(center, dtype=np.float64) - np.array([sx, sy, sz]) / 2)
 
 
@@ -115,47 +114,38 @@ def quad(corner: Sequence[float], edge_u: Sequence[float], edge_v: Sequence[floa
 def cylinder(start: Sequence[float], end: Sequence[float], radius: float, label: int, instance: int,
              resolution: int = 16, top_radius: float | None = None, caps: str = "both") -> LabeledMesh:
     """A (possibly truncated-cone) cylinder from `start` to `end`; caps: "both", "start" or "none"."""
-    import open3d as o3d
-
     start_v, end_v = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     height = float(np.linalg.norm(end_v - start_v))
-    tessellated = o3d.geometry.TriangleMesh.create_cylinder(radius, height, resolution, 1)
-    mesh = _from_o3d(tessellated, label, instance)
+    mesh = _labeled(cylinder_mesh(radius, height, resolution, 1), label, instance)
     if top_radius is not None:  # taper: scale the top ring's radius (a frustum, e.g. a lamp shade)
         top = mesh.vertices[:, 2] > 0
         mesh.vertices[top, :2] *= top_radius / radius
-    # open3d's vertex 0 is the top (end) cap centre, vertex 1 the bottom (start) one; drop their fans
+    # the tessellation's vertex 0 is the top (end) cap centre, vertex 1 the bottom (start) one; drop their fans
     dropped = {"both": [], "start": [0], "none": [0, 1]}[caps]
     if dropped:
         mesh = mesh.select_faces(~np.isin(mesh.faces, dropped).any(axis=1))
-    mesh.vertices[:, 2] += height / 2  # open3d centres it; start at the origin
+    mesh.vertices[:, 2] += height / 2  # the tessellation is centred; start at the origin
     return mesh.transformed(rotation_to(end_v - start_v), start_v)
 
 
 def ellipsoid(center: Sequence[float], radii: Sequence[float], label: int, instance: int,
               resolution: int = 12) -> LabeledMesh:
-    import open3d as o3d
-
-    mesh = _from_o3d(o3d.geometry.TriangleMesh.create_sphere(1.0, resolution), label, instance)
+    mesh = _labeled(sphere_mesh(1.0, resolution), label, instance)
     mesh.vertices *= np.asarray(radii, dtype=np.float64)  # positive scales keep the winding
     return mesh.transformed(translation=center)
 
 
 def cone(base: Sequence[float], tip: Sequence[float], radius: float, label: int, instance: int,
          resolution: int = 16) -> LabeledMesh:
-    import open3d as o3d
-
     base_v, tip_v = np.asarray(base, dtype=np.float64), np.asarray(tip, dtype=np.float64)
     height = float(np.linalg.norm(tip_v - base_v))
-    mesh = _from_o3d(o3d.geometry.TriangleMesh.create_cone(radius, height, resolution, 1), label, instance)
+    mesh = _labeled(cone_mesh(radius, height, resolution, 1), label, instance)
     return mesh.transformed(rotation_to(tip_v - base_v), base_v)
 
 
 def torus(center: Sequence[float], normal: Sequence[float], radius: float, tube: float, label: int,
           instance: int, radial: int = 20, tubular: int = 8) -> LabeledMesh:
-    import open3d as o3d
-
-    mesh = _from_o3d(o3d.geometry.TriangleMesh.create_torus(radius, tube, radial, tubular), label, instance)
+    mesh = _labeled(torus_mesh(radius, tube, radial, tubular), label, instance)
     return mesh.transformed(rotation_to(normal), center)
 
 
