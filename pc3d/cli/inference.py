@@ -32,6 +32,13 @@ from pc3d.errors import InputError
 PseudoSetOpt = set_opt("data.synthetic_count=3")
 SegmentSetOpt = set_opt("superpoints.method=region-growing")
 
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option("--columns", metavar="NAMES",
+                 help="Columns of a headerless .txt/.xyz/.npy, e.g. x,y,z,nx,ny,nz or x,y,z,r,g,b,label "
+                      "(_ skips one; default: .xyz 6 = normals, .txt 6 = colours)."),
+]
+
 CheckpointOpt = Annotated[
     str | None,
     typer.Option("--checkpoint", "-c", help="Weights: a file or hf://owner/repo[@rev][/file].", metavar="CKPT"),
@@ -39,14 +46,19 @@ CheckpointOpt = Annotated[
 
 
 def _run(command: str, default_preset: str, preset, sets, out, seed, device, json_out, inputs: dict,
-         show_config: bool, also_accept: tuple[str, ...] = ()) -> None:
+         show_config: bool, also_accept: tuple[str, ...] = (), columns: str | None = None) -> None:
+    from pc3d.io.pointcloud import column_names, parse_columns
+
+    names = parse_columns(columns) if columns else None
     flags = {"out": str(out) if out else None, "seed": seed, "device": device}
     # the command's own preset is the base name; --preset picks a variant of it (or a file)
     config = resolve_config(command, default_preset, preset, sets, flags, also_accept)
     if show_config:
         print_config(config, json_out)
         return
-    result = dispatch(config, default_preset, inputs=inputs, init_from=inputs.get("checkpoint"))
+    # the methods read the cloud by path; the names reach their reader through this context
+    with column_names(names):
+        result = dispatch(config, default_preset, inputs=inputs, init_from=inputs.get("checkpoint"))
     emit(result, json_out, title=command)
 
 
@@ -89,7 +101,8 @@ Examples:
 
 def segment(
     cloud: Annotated[
-        Path, typer.Argument(help="Point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .bin .off .obj .stl).")
+        Path, typer.Argument(help="Point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .xyzn .xyzrgb .bin .off .obj "
+                                  ".stl).")
     ],
     parts: Annotated[str, typer.Option("--parts", help="Comma-separated part names, e.g. \"arm,seat,leg\".")],
     category: Annotated[
@@ -101,6 +114,7 @@ def segment(
                      help="Trained PartSTAD weight network (file or hf://...); without it: PartSLIP voting."),
     ] = None,
     instances: Annotated[bool, typer.Option("--instances", help="Also merge part instances (PartSLIP).")] = False,
+    columns: ColumnsOpt = None,
     preset: PresetOpt = None,
     set_: SegmentSetOpt = None,
     out: OutOpt = None,
@@ -117,7 +131,7 @@ def segment(
         raise InputError("--parts needs at least one part name, e.g. --parts \"arm,seat,leg\"")
     sets = [*(set_ or []), *(["instances=true"] if instances else [])]
     inputs = {"cloud": cloud, "parts": names, "category": category, "checkpoint": weights}
-    _run("segment", "partstad", preset, sets, out, seed, device, json_out, inputs, print_config_)
+    _run("segment", "partstad", preset, sets, out, seed, device, json_out, inputs, print_config_, columns=columns)
 
 
 segment.__doc__ = f"""Text-prompted part segmentation of one object (PartSTAD).
@@ -134,12 +148,14 @@ Examples:
 
 def detect(
     cloud: Annotated[
-        Path, typer.Argument(help="Scene point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .bin .off .obj .stl).")
+        Path, typer.Argument(help="Scene point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .xyzn .xyzrgb .bin .off "
+                                  ".obj .stl).")
     ],
     checkpoint: CheckpointOpt = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", min=0.0, max=1.0, help="Keep boxes scoring at least this.")
     ] = None,
+    columns: ColumnsOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
@@ -154,7 +170,7 @@ def detect(
     sets = [*(set_ or []), *([f"detect.threshold={threshold}"] if threshold is not None else [])]
     inputs = {"cloud": cloud, "checkpoint": checkpoint}
     _run("detect", "det-scannet", preset, sets, out, seed, device, json_out, inputs, print_config_,
-         also_accept=("finetune",))
+         also_accept=("finetune",), columns=columns)
 
 
 detect.__doc__ = f"""3D object detection in an indoor scene (Point-MoDE detector).

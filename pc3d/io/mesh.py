@@ -83,20 +83,29 @@ def _read_off(path) -> tuple[np.ndarray, np.ndarray]:
     if len(vertex_lines) < num_vertices or len(face_lines) < num_faces:
         raise input_error(path, f"truncated OFF: header says {num_vertices} vertices and {num_faces} faces, "
                                 f"the file holds {len(vertex_lines)} and {len(face_lines)}")
+    # COFF / NOFF / CNOFF / STOFF vertices carry colours (int 0..255 or float 0..1), normals or texture
+    # coordinates after x y z, and faces may end in a colour (an index, ints or floats): only x y z and
+    # the corner indices define the mesh, so everything after them is skipped, whatever its type
+    for number, line in enumerate(vertex_lines):
+        if len(line.split()) < 3:
+            raise input_error(path, f"wrong column count: OFF vertex {number} is {line!r}, it needs x y z")
     try:
         vertices = np.array([[float(word) for word in line.split()[:3]] for line in vertex_lines], np.float64)
-        polygons = [[int(word) for word in line.split()] for line in face_lines]
     except ValueError as exc:
-        raise input_error(path, f"malformed OFF data: {exc}") from exc
-    if vertices.size and vertices.shape[1] != 3:
-        raise input_error(path, "wrong column count: every OFF vertex line needs x y z")
+        raise input_error(path, f"malformed OFF vertex data: {exc}") from exc
     counts, flat = [], []
-    for number, polygon in enumerate(polygons):
-        if not polygon or len(polygon) < 1 + polygon[0]:
-            raise input_error(path, f"malformed OFF face {number}: {' '.join(map(str, polygon))!r}")
-        counts.append(polygon[0])
-        flat.extend(polygon[1:1 + polygon[0]])  # trailing values are face colours
-    return vertices.reshape(-1, 3), fan_triangulate(np.array(counts), np.array(flat, dtype=np.int64))
+    for number, line in enumerate(face_lines):
+        words = line.split()
+        try:
+            count = int(words[0])
+            corners = [int(word) for word in words[1:1 + count]]
+        except (IndexError, ValueError) as exc:
+            raise input_error(path, f"malformed OFF face {number}: {line!r}") from exc
+        if count < 0 or len(corners) < count:
+            raise input_error(path, f"malformed OFF face {number}: {line!r}")
+        counts.append(count)
+        flat.extend(corners)
+    return vertices.reshape(-1, 3), fan_triangulate(np.array(counts, dtype=np.int64), np.array(flat, dtype=np.int64))
 
 
 def _read_obj(path) -> tuple[np.ndarray, np.ndarray]:

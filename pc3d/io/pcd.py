@@ -69,7 +69,7 @@ def _field_layout(path, header: dict[str, list[str]]) -> tuple[list[str], np.dty
     return unique, np.dtype(fields), counts_i, n
 
 
-def read_pcd(path: str | os.PathLike, *, allow_empty: bool = False) -> PointCloud:
+def read_pcd(path: str | os.PathLike, *, allow_empty: bool = False, keep_float64: bool = False) -> PointCloud:
     data = read_bytes(path)
     header, offset = _parse_header(path, data)
     names, dtype, counts, n = _field_layout(path, header)
@@ -94,7 +94,7 @@ def read_pcd(path: str | os.PathLike, *, allow_empty: bool = False) -> PointClou
             columns.update({f"{name}_{i}": values[:, i] for i in range(values.shape[1])})
         else:
             columns[name] = values
-    return cloud_from_columns(path, columns, allow_empty=allow_empty)
+    return cloud_from_columns(path, columns, allow_empty=allow_empty, keep_float64=keep_float64)
 
 
 def _read_ascii(path, body: bytes, dtype: np.dtype, n: int) -> np.ndarray:

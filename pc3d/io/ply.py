@@ -297,13 +297,15 @@ def _read_ascii_ragged(path, element: PlyElement, rows: list[str], cursor: int) 
     return columns
 
 
-def read_ply_cloud(path: str | os.PathLike, *, allow_empty: bool = False) -> PointCloud:
-    """The vertex element of a PLY as a cloud (faces, if any, are ignored; see mesh.read_mesh)."""
+def read_ply_cloud(path: str | os.PathLike, *, allow_empty: bool = False, keep_float64: bool = False) -> PointCloud:
+    """The vertex element of a PLY as a cloud (faces, if any, are ignored; see mesh.read_mesh).
+
+    keep_float64: `double` coordinates stay float64 (else float32, what the models consume)."""
     header, elements = read_ply(path, stop_after="vertex")
     if "vertex" not in elements:
         raise input_error(path, "PLY has no 'vertex' element")
     scalars = {name: values for name, values in elements["vertex"].items() if isinstance(values, np.ndarray)}
-    return cloud_from_columns(path, scalars, allow_empty=allow_empty)
+    return cloud_from_columns(path, scalars, allow_empty=allow_empty, keep_float64=keep_float64)
 
 
 def _ply_dtype(name: str, values: np.ndarray) -> np.dtype:

@@ -7,17 +7,27 @@ module only has to turn bytes into named columns.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pc3d.errors import InputError
 from pc3d.io._common import existing_file, input_error, suffix_of
 
-POINT_SUFFIXES = (".ply", ".pcd", ".npy", ".npz", ".txt", ".xyz", ".bin")
+POINT_SUFFIXES = (".ply", ".pcd", ".npy", ".npz", ".txt", ".xyz", ".xyzn", ".xyzrgb", ".bin")
 MESH_SUFFIXES = (".off", ".obj", ".stl")
-WRITE_SUFFIXES = (".ply", ".pcd", ".npy", ".npz", ".txt", ".xyz", ".bin")
+WRITE_SUFFIXES = (".ply", ".pcd", ".npy", ".npz", ".txt", ".xyz", ".xyzn", ".xyzrgb", ".bin")
+# formats whose columns have no names in the file, so `columns=` (the CLI's --columns) may name them
+HEADERLESS_SUFFIXES = (".txt", ".xyz", ".xyzn", ".xyzrgb", ".npy")
+
+# The column names a caller set for the commands of this context (the CLI's --columns), so that
+# methods reading a cloud by path honour it without each growing a parameter.
+_COLUMNS: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("pc3d_columns", default=None)
 
 # Column names used by the common formats for the same quantity (PLY, PCD, CloudCompare, Blender).
 COLOR_NAMES = (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue"))
@@ -28,7 +38,7 @@ NORMAL_NAMES = (("nx", "ny", "nz"), ("normal_x", "normal_y", "normal_z"))
 class PointCloud:
     """N points with optional colours, normals and extra per-point scalars.
 
-    points  (N,3) float32; colors (N,3) uint8 0..255; normals (N,3) float32;
+    points  (N,3) float32 (float64 with keep_float64=True); colors (N,3) uint8 0..255; normals (N,3) float32;
     fields  name -> (N,) array, kept in the dtype the file stored (e.g. "label", "instance", "intensity").
     """
 
@@ -36,10 +46,13 @@ class PointCloud:
     colors: np.ndarray | None = None
     normals: np.ndarray | None = None
     fields: dict[str, np.ndarray] = field(default_factory=dict)
+    # float32 is what every model consumes; georeferenced scans (UTM metres ~ 5e6) need float64 to keep
+    # millimetres, so readers keep doubles only when asked to
+    keep_float64: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         # Programming errors (not user files) surface as ValueError; files are checked in make_cloud.
-        self.points = np.ascontiguousarray(self.points, dtype=np.float32)
+        self.points = np.ascontiguousarray(self.points, dtype=np.float64 if self.keep_float64 else np.float32)
         if self.points.ndim != 2 or self.points.shape[1] != 3:
             raise ValueError(f"points must have shape (N, 3), got {self.points.shape}")
         n = len(self.points)
@@ -77,15 +90,20 @@ class PointCloud:
             colors=None if self.colors is None else self.colors[index],
             normals=None if self.normals is None else self.normals[index],
             fields={name: values[index] for name, values in self.fields.items()},
+            keep_float64=self.keep_float64,
         )
 
 
 def colors_to_uint8(path: str | os.PathLike, values: np.ndarray) -> np.ndarray:
-    """Colours from any file convention to uint8: integers must be 0..255; floats are 0..1 unless
-    some value exceeds 1, in which case they are read as 0..255 (text files store 0..255 as floats)."""
+    """Colours from any file convention to uint8: integers must be 0..255 (16-bit unsigned ones are
+    0..65535, as LAS-derived PLY/PCD files store them); floats are 0..1 unless some value exceeds 1,
+    in which case they are read as 0..255 (text files store 0..255 as floats)."""
     values = np.asarray(values)
     if len(values) == 0:
         return np.zeros(values.shape, dtype=np.uint8)
+    if values.dtype == np.uint16 and values.max() > 255:
+        # 65535 / 257 = 255 exactly, so full scale maps to full scale
+        return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
     if np.issubdtype(values.dtype, np.integer):
         if values.min() < 0 or values.max() > 255:
             raise input_error(path, f"colour values span {values.min()}..{values.max()}, expected 0..255")
@@ -108,8 +126,11 @@ def make_cloud(
     fields: dict[str, np.ndarray] | None = None,
     *,
     allow_empty: bool = False,
+    keep_float64: bool = False,
 ) -> PointCloud:
-    """Validate what a reader found in `path` and build the cloud; every problem is an InputError."""
+    """Validate what a reader found in `path` and build the cloud; every problem is an InputError.
+
+    keep_float64: keep the coordinates in float64 when the file stored them so (else float32)."""
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 3:
         raise input_error(path, f"expected (N, 3) coordinates, got shape {points.shape}")
@@ -125,7 +146,8 @@ def make_cloud(
     for name, values in [("colors", colors), ("normals", normals), *fields.items()]:
         if values is not None and len(values) != n:
             raise input_error(path, f"{name} has {len(values)} entries but there are {n} points")
-    return PointCloud(points.astype(np.float32), colors, normals, fields)
+    keep = keep_float64 and points.dtype == np.float64
+    return PointCloud(points.astype(np.float64 if keep else np.float32), colors, normals, fields, keep_float64=keep)
 
 
 def _native(values: np.ndarray) -> np.ndarray:
@@ -134,7 +156,8 @@ def _native(values: np.ndarray) -> np.ndarray:
 
 
 def cloud_from_columns(
-    path: str | os.PathLike, columns: dict[str, np.ndarray], *, allow_empty: bool = False
+    path: str | os.PathLike, columns: dict[str, np.ndarray], *, allow_empty: bool = False,
+    keep_float64: bool = False,
 ) -> PointCloud:
     """Build a cloud from named per-point columns (PLY vertex properties, PCD fields, text headers).
 
@@ -146,6 +169,8 @@ def cloud_from_columns(
         raise input_error(path, f"no x, y, z coordinates among the columns {list(columns)}")
     used = {lowered[axis] for axis in "xyz"}
     points = np.stack([np.asarray(columns[lowered[axis]], dtype=np.float64) for axis in "xyz"], axis=1)
+    # only coordinates the file stored as doubles stay doubles; float32 ones gain nothing from widening
+    stored_double = any(np.asarray(columns[lowered[axis]]).dtype == np.float64 for axis in "xyz")
 
     colors = None
     for names in COLOR_NAMES:
@@ -168,7 +193,8 @@ def cloud_from_columns(
             break
 
     fields = {name: _native(np.asarray(values)) for name, values in columns.items() if name not in used}
-    return make_cloud(path, points, colors, normals, fields, allow_empty=allow_empty)
+    return make_cloud(path, points, colors, normals, fields, allow_empty=allow_empty,
+                      keep_float64=keep_float64 and stored_double)
 
 
 def cloud_to_columns(cloud: PointCloud) -> dict[str, np.ndarray]:
@@ -201,23 +227,66 @@ def pack_rgb(colors: np.ndarray) -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
+KNOWN_COLUMNS = ("x", "y", "z", "nx", "ny", "nz", "r", "g", "b", "red", "green", "blue")
+
+
+def parse_columns(text: str) -> tuple[str, ...]:
+    """`x,y,z,nx,ny,nz,r,g,b,label` -> names; `_` skips a column. InputError when unusable."""
+    names = tuple(word.strip() for word in text.split(",") if word.strip())
+    where = f"--columns {text!r}"
+    for name in names:
+        if not name.replace("_", "a").isidentifier():
+            raise InputError(f"{where}: {name!r} is not a column name (letters, digits, _)")
+    lowered = [n.lower() for n in names if n != "_"]
+    if not all(axis in lowered for axis in "xyz"):
+        raise InputError(f"{where}: needs x, y and z (e.g. x,y,z,nx,ny,nz or x,y,z,r,g,b)")
+    repeated = sorted({n for n in lowered if lowered.count(n) > 1})
+    if repeated:
+        raise InputError(f"{where}: repeats {', '.join(repeated)}")
+    for group in (("nx", "ny", "nz"), ("r", "g", "b"), ("red", "green", "blue")):
+        present = [n for n in group if n in lowered]
+        if present and len(present) != 3:
+            raise InputError(f"{where}: {'/'.join(group)} go together, found only {', '.join(present)}")
+    return names
+
+
+@contextlib.contextmanager
+def column_names(names: Sequence[str] | None) -> Iterator[None]:
+    """Within the block, headerless tables read by `read_point_cloud` take these column names."""
+    token = _COLUMNS.set(tuple(names) if names else None)
+    try:
+        yield
+    finally:
+        _COLUMNS.reset(token)
+
+
 def read_point_cloud(
-    path: str | os.PathLike, *, allow_empty: bool = False, num_points: int = 8192, seed: int = 0
+    path: str | os.PathLike, *, allow_empty: bool = False, num_points: int = 8192, seed: int = 0,
+    columns: Sequence[str] | None = None, keep_float64: bool = False,
 ) -> PointCloud:
-    """Read any supported point-cloud file; mesh files (.off .obj .stl) are sampled to `num_points`."""
+    """Read any supported point-cloud file; mesh files (.off .obj .stl) are sampled to `num_points`.
+
+    columns: names of the columns of a headerless table (.txt .xyz .xyzn .xyzrgb .npy), overriding the
+    suffix's convention (default: the names set by `column_names`, else the convention).
+    keep_float64: coordinates stored as doubles (PLY double, PCD F 8, float64 .npy/.npz, text) stay float64.
+    """
     suffix = suffix_of(path)
     if suffix not in POINT_SUFFIXES + MESH_SUFFIXES:
         supported = " ".join(POINT_SUFFIXES + MESH_SUFFIXES)
         raise input_error(path, f"unknown point-cloud suffix {suffix or '(none)'!r}; supported: {supported}")
+    names = tuple(columns) if columns else _COLUMNS.get()
+    if names and suffix not in HEADERLESS_SUFFIXES:
+        raise input_error(path, f"--columns names the columns of {' '.join(HEADERLESS_SUFFIXES)} files; "
+                                f"a {suffix} file names its own")
     path = existing_file(path)
     if suffix == ".ply":
         from pc3d.io.ply import read_ply_cloud
 
-        return read_ply_cloud(path, allow_empty=allow_empty)
+        return read_ply_cloud(path, allow_empty=allow_empty, keep_float64=keep_float64)
     if suffix == ".pcd":
         from pc3d.io.pcd import read_pcd
 
-        return read_pcd(path, allow_empty=allow_empty)
+        return read_pcd(path, allow_empty=allow_empty, keep_float64=keep_float64)
     if suffix == ".bin":
         from pc3d.io.kitti import read_kitti_bin
 
@@ -228,8 +297,11 @@ def read_point_cloud(
         return read_mesh_as_cloud(path, num_points=num_points, seed=seed)
     from pc3d.io import tabular
 
-    readers = {".npy": tabular.read_npy, ".npz": tabular.read_npz, ".txt": tabular.read_txt, ".xyz": tabular.read_txt}
-    return readers[suffix](path, allow_empty=allow_empty)
+    if suffix == ".npz":
+        return tabular.read_npz(path, allow_empty=allow_empty, keep_float64=keep_float64)
+    if suffix == ".npy":
+        return tabular.read_npy(path, allow_empty=allow_empty, columns=names, keep_float64=keep_float64)
+    return tabular.read_txt(path, allow_empty=allow_empty, columns=names, keep_float64=keep_float64)
 
 
 def write_point_cloud(path: str | os.PathLike, cloud: PointCloud, *, binary: bool = True) -> None:
@@ -253,6 +325,6 @@ def write_point_cloud(path: str | os.PathLike, cloud: PointCloud, *, binary: boo
     else:
         from pc3d.io import tabular
 
-        writers = {".npy": tabular.write_npy, ".npz": tabular.write_npz,
-                   ".txt": tabular.write_txt, ".xyz": tabular.write_txt}
+        writers = {".npy": tabular.write_npy, ".npz": tabular.write_npz, ".txt": tabular.write_txt,
+                   ".xyz": tabular.write_txt, ".xyzn": tabular.write_xyzn, ".xyzrgb": tabular.write_xyzrgb}
         writers[suffix](path, cloud)

@@ -1,8 +1,12 @@
-"""Array and text point clouds: .npy, .npz, .txt / .xyz (S3DIS-style columns).
+"""Array and text point clouds: .npy, .npz, .txt (S3DIS-style columns), .xyz / .xyzn / .xyzrgb.
 
-Plain (N, k) tables have no column names, so their meaning comes from the column count
-(COLUMN_LAYOUTS). Text files may name their columns in a header line, e.g. `# x y z red green blue
-label` (pc3d writes one), or a CSV-style first line `x,y,z,r,g,b`; then any columns are allowed.
+Plain (N, k) tables have no column names, so their meaning comes from the suffix and the column
+count. `.txt` and `.npy` follow COLUMN_LAYOUTS (S3DIS: 6 = x y z r g b). `.xyz`, `.xyzn` and
+`.xyzrgb` follow Open3D and the common tools (CloudCompare, MeshLab exports): `.xyz` with 6 columns
+is x y z nx ny nz, `.xyzn` is x y z nx ny nz, `.xyzrgb` is x y z r g b with colours in 0..1.
+A caller (the CLI's `--columns`) may name the columns instead; text files may also name them in a
+header line, e.g. `# x y z red green blue label` (pc3d writes one), or a CSV-style first line
+`x,y,z,r,g,b`; then any columns are allowed. A column named `_` is skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from pc3d.io._common import input_error, read_text, write_text_rows
+from pc3d.io._common import input_error, read_text, suffix_of, write_text_rows
 from pc3d.io.atomic import atomic_write
 from pc3d.io.pointcloud import PointCloud, cloud_from_columns, cloud_to_columns, make_cloud
 
@@ -26,6 +30,16 @@ COLUMN_LAYOUTS: dict[int, tuple[str, ...]] = {
     10: ("x", "y", "z", "red", "green", "blue", "nx", "ny", "nz", "label"),
 }
 LAYOUT_TEXT = "3 (x y z), 4 (+intensity), 6 (+r g b), 7 (+r g b label), 9 (+r g b nx ny nz) or 10 (+label)"
+NORMAL_LAYOUT = ("x", "y", "z", "nx", "ny", "nz")
+# Open3D (ReadPointCloudFromXYZN/XYZRGB) and CloudCompare: a 6-column .xyz carries normals, not colours
+SUFFIX_LAYOUTS: dict[str, dict[int, tuple[str, ...]]] = {
+    ".txt": COLUMN_LAYOUTS,
+    ".npy": COLUMN_LAYOUTS,
+    ".xyz": {**COLUMN_LAYOUTS, 6: NORMAL_LAYOUT},
+    ".xyzn": {6: NORMAL_LAYOUT},
+    ".xyzrgb": {6: ("x", "y", "z", "red", "green", "blue")},
+}
+COLOR_COLUMNS = ("red", "green", "blue", "r", "g", "b")
 NPZ_KEYS = {"points": ("points", "xyz", "coord", "coords"), "colors": ("colors", "color", "rgb"),
             "normals": ("normals", "normal")}
 INTEGER_COLUMNS = ("label", "instance", "part", "segment", "class")
@@ -34,31 +48,57 @@ PER_POINT_KEYS = INTEGER_COLUMNS + ("labels", "instances", "semantic", "semantic
                                     "segments", "intensity", "superpoint")
 
 
-def _table_to_cloud(path, table: np.ndarray, names: tuple[str, ...], *, allow_empty: bool) -> PointCloud:
+def _table_to_cloud(path, table: np.ndarray, names: tuple[str, ...], *, allow_empty: bool,
+                    keep_float64: bool = False, inferred: bool = False) -> PointCloud:
+    """Named columns of a plain table -> cloud. `inferred`: the names came from the column count, not
+    from the file or the caller, so implausible colours get a hint to name the columns."""
+    unit_colors = suffix_of(path) == ".xyzrgb"
     columns = {}
     for i, name in enumerate(names):
+        if name == "_":
+            continue
         values = table[:, i]
         if name.lower() in INTEGER_COLUMNS:
             if not np.all(values == np.round(values)):
                 raise input_error(path, f"column {name!r} must hold integers")
             values = values.astype(np.int64)
-        elif name.lower() in ("red", "green", "blue", "r", "g", "b"):
-            # integral colours are 0..255 even if all happen to be <= 1; only fractions mean 0..1
-            if np.all(values == np.round(values)):
+        elif name.lower() in COLOR_COLUMNS:
+            if inferred and len(values) and values.min() < 0:
+                raise input_error(path, f"column {i + 1} ({name}) holds {values.min():g}..{values.max():g}, not a "
+                                        f"colour: a {len(names)}-column {suffix_of(path)} file is read as "
+                                        f"{' '.join(names)}; name the columns, e.g. --columns x,y,z,nx,ny,nz")
+            # integral colours are 0..255 even if all happen to be <= 1; only fractions mean 0..1 -- except in
+            # Open3D's .xyzrgb, whose colours are 0..1 floats by definition ("1 0 0" is red)
+            if not unit_colors and np.all(values == np.round(values)):
                 values = values.astype(np.int64)
+        elif name.lower() in ("x", "y", "z") and keep_float64:
+            values = values.astype(np.float64)
         else:
             values = values.astype(np.float32)
         columns[name] = values
-    return cloud_from_columns(path, columns, allow_empty=allow_empty)
+    return cloud_from_columns(path, columns, allow_empty=allow_empty, keep_float64=keep_float64)
 
 
 def _layout_for(path, width: int) -> tuple[str, ...]:
-    if width not in COLUMN_LAYOUTS:
-        raise input_error(path, f"wrong column count {width}: expected {LAYOUT_TEXT}")
-    return COLUMN_LAYOUTS[width]
+    suffix = suffix_of(path)
+    layouts = SUFFIX_LAYOUTS.get(suffix, COLUMN_LAYOUTS)
+    if width not in layouts:
+        expected = LAYOUT_TEXT if layouts is COLUMN_LAYOUTS else " or ".join(
+            f"{w} ({' '.join(n)})" for w, n in sorted(layouts.items()) if w in (3, 6))
+        raise input_error(path, f"wrong column count {width} for a {suffix} file: expected {expected}; "
+                                f"or name the columns, e.g. --columns x,y,z,nx,ny,nz,r,g,b")
+    return layouts[width]
 
 
-def read_npy(path: str | os.PathLike, *, allow_empty: bool = False) -> PointCloud:
+def _named(path, names: tuple[str, ...], width: int) -> tuple[str, ...]:
+    if len(names) != width:
+        raise input_error(path, f"wrong column count: the file has {width} columns but --columns names "
+                                f"{len(names)} ({','.join(names)})")
+    return names
+
+
+def read_npy(path: str | os.PathLike, *, allow_empty: bool = False, columns: tuple[str, ...] | None = None,
+             keep_float64: bool = False) -> PointCloud:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -66,15 +106,20 @@ def read_npy(path: str | os.PathLike, *, allow_empty: bool = False) -> PointClou
     if array.dtype.names:  # a structured array names its own columns
         if array.ndim != 1:
             raise input_error(path, f"structured .npy must be 1-D, got shape {array.shape}")
-        return cloud_from_columns(path, {name: array[name] for name in array.dtype.names}, allow_empty=allow_empty)
+        return cloud_from_columns(path, {name: array[name] for name in array.dtype.names}, allow_empty=allow_empty,
+                                  keep_float64=keep_float64)
     if array.ndim != 2:
         raise input_error(path, f"expected an (N, k) array, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number):
         raise input_error(path, f"expected a numeric array, got dtype {array.dtype}")
-    return _table_to_cloud(path, array, _layout_for(path, array.shape[1]), allow_empty=allow_empty)
+    if columns:
+        return _table_to_cloud(path, array, _named(path, columns, array.shape[1]), allow_empty=allow_empty,
+                               keep_float64=keep_float64 and array.dtype == np.float64)
+    return _table_to_cloud(path, array, _layout_for(path, array.shape[1]), allow_empty=allow_empty,
+                           keep_float64=keep_float64 and array.dtype == np.float64, inferred=True)
 
 
-def read_npz(path: str | os.PathLike, *, allow_empty: bool = False) -> PointCloud:
+def read_npz(path: str | os.PathLike, *, allow_empty: bool = False, keep_float64: bool = False) -> PointCloud:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -108,7 +153,7 @@ def read_npz(path: str | os.PathLike, *, allow_empty: bool = False) -> PointClou
             fields[key] = value
         elif value.ndim == 2 and len(value) == n and value.dtype.kind in "biuf":
             fields.update({f"{key}_{i}": value[:, i] for i in range(value.shape[1])})
-    return make_cloud(path, points[:, :3], colors, normals, fields, allow_empty=allow_empty)
+    return make_cloud(path, points[:, :3], colors, normals, fields, allow_empty=allow_empty, keep_float64=keep_float64)
 
 
 def _parse_text_header(path, lines: list[str]) -> tuple[int, str | None, tuple[str, ...] | None]:
@@ -131,7 +176,9 @@ def _parse_text_header(path, lines: list[str]) -> tuple[int, str | None, tuple[s
     return len(lines), None, names
 
 
-def read_txt(path: str | os.PathLike, *, allow_empty: bool = False) -> PointCloud:
+def read_txt(path: str | os.PathLike, *, allow_empty: bool = False, columns: tuple[str, ...] | None = None,
+             keep_float64: bool = False) -> PointCloud:
+    """.txt / .xyz / .xyzn / .xyzrgb; `columns` names the columns (overriding a header and the convention)."""
     lines = read_text(path).splitlines()
     start, delimiter, names = _parse_text_header(path, lines)
     body = [line for line in lines[start:] if line.strip() and not line.lstrip().startswith(("#", "//"))]
@@ -143,10 +190,14 @@ def read_txt(path: str | os.PathLike, *, allow_empty: bool = False) -> PointClou
         table = np.loadtxt(body, dtype=np.float64, delimiter=delimiter, ndmin=2, comments=None)
     except ValueError as exc:
         raise input_error(path, f"wrong column count or bad number ({exc})") from exc
+    if columns:
+        return _table_to_cloud(path, table, _named(path, columns, table.shape[1]), allow_empty=allow_empty,
+                               keep_float64=keep_float64)
     if names is not None and len(names) != table.shape[1]:
         raise input_error(path, f"wrong column count: header names {len(names)} columns, data has {table.shape[1]}")
+    inferred = names is None
     names = names or _layout_for(path, table.shape[1])
-    return _table_to_cloud(path, table, names, allow_empty=allow_empty)
+    return _table_to_cloud(path, table, names, allow_empty=allow_empty, keep_float64=keep_float64, inferred=inferred)
 
 
 def write_npy(path: str | os.PathLike, cloud: PointCloud) -> None:
@@ -185,3 +236,24 @@ def write_txt(path: str | os.PathLike, cloud: PointCloud) -> None:
     with atomic_write(path, "wb") as handle:
         handle.write(("# " + " ".join(columns) + "\n").encode("ascii"))
         write_text_rows(handle, [np.asarray(values) for values in columns.values()], formats)
+
+
+def write_xyzn(path: str | os.PathLike, cloud: PointCloud) -> None:
+    """Open3D's .xyzn: `x y z nx ny nz` per line, no header (other tools read no header)."""
+    if cloud.normals is None:
+        raise input_error(path, "a .xyzn file holds normals and this cloud has none (write .xyz or .ply)")
+    _write_plain(path, [cloud.points[:, i] for i in range(3)] + [cloud.normals[:, i] for i in range(3)])
+
+
+def write_xyzrgb(path: str | os.PathLike, cloud: PointCloud) -> None:
+    """Open3D's .xyzrgb: `x y z r g b` per line with colours in 0..1, no header."""
+    if cloud.colors is None:
+        raise input_error(path, "a .xyzrgb file holds colours and this cloud has none (write .xyz or .ply)")
+    unit = cloud.colors.astype(np.float64) / 255.0
+    _write_plain(path, [cloud.points[:, i] for i in range(3)] + [unit[:, i] for i in range(3)])
+
+
+def _write_plain(path: str | os.PathLike, columns: list[np.ndarray]) -> None:
+    formats = ["%.17g" if np.asarray(c).dtype.itemsize > 4 else "%.9g" for c in columns]
+    with atomic_write(path, "wb") as handle:
+        write_text_rows(handle, [np.asarray(c) for c in columns], formats)

@@ -3,6 +3,8 @@
 - Instance ids are shifted by +1 internally, so id 0 (stuff, SemanticKITTI style) is one segment per
   class and id -1 means "no segment" (those points take part in no match, like a crowd region).
 - Points whose ground-truth class is ignored are removed before matching (prediction included).
+  An ignore id may be negative (-1, the ScanNet/Pointcept convention): such labels are then valid in
+  ground truth and prediction; a prediction of -1 on a counted point predicts nothing there.
 - Per class, a predicted and a ground-truth segment match when IoU > 0.5 (unique by construction);
   segment areas are counted inside that class only. Unmatched segments count as FN / FP only when
   they have at least `min_points` points (matched ones count whatever their size).
@@ -46,23 +48,29 @@ def panoptic_metrics(samples: Sequence[PanopticSample | tuple], num_classes: int
     include = [c for c in range(num_classes) if c not in ignore]
     things = [c for c in include if c in set(int(c) for c in thing_classes)]
     stuff = [c for c in include if c not in things]
-    tp = np.zeros(num_classes, dtype=np.int64)
-    fp = np.zeros(num_classes, dtype=np.int64)
-    fn = np.zeros(num_classes, dtype=np.int64)
-    iou_sum = np.zeros(num_classes, dtype=np.float64)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)  # rows gt, columns pred
+    # negative ignore ids share one extra internal class `num_classes`, ignored like any other
+    negative = [c for c in ignore if c < 0]
+    size = num_classes + (1 if negative else 0)
+    ignored = [c for c in ignore if 0 <= c < size] + ([num_classes] if negative else [])
+    tp = np.zeros(size, dtype=np.int64)
+    fp = np.zeros(size, dtype=np.int64)
+    fn = np.zeros(size, dtype=np.int64)
+    iou_sum = np.zeros(size, dtype=np.float64)
+    confusion = np.zeros((size, size), dtype=np.int64)  # rows gt, columns pred
     for sample in samples:
         pred_sem, pred_inst, gt_sem, gt_inst = (as_labels(a, n) for a, n in zip(
             PanopticSample(*sample), ("pred semantic", "pred instance", "gt semantic", "gt instance"), strict=True))
         if not (pred_sem.size == pred_inst.size == gt_sem.size == gt_inst.size):
             raise ValueError("panoptic sample arrays have different lengths")
         for name, labels in (("pred semantic", pred_sem), ("gt semantic", gt_sem)):
-            bad = (labels < 0) | (labels >= num_classes)
+            bad = ((labels < 0) | (labels >= num_classes)) & ~np.isin(labels, negative)
             if bad.any():
                 raise ValueError(f"{name} label {int(labels[bad][0])} is outside [0, {num_classes})")
-        confusion += np.bincount(gt_sem * num_classes + pred_sem,
-                                 minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-        keep = ~np.isin(gt_sem, ignore)
+        if negative:
+            pred_sem = np.where(np.isin(pred_sem, negative), num_classes, pred_sem)
+            gt_sem = np.where(np.isin(gt_sem, negative), num_classes, gt_sem)
+        confusion += np.bincount(gt_sem * size + pred_sem, minlength=size * size).reshape(size, size)
+        keep = ~np.isin(gt_sem, ignored)
         pred_sem, gt_sem = pred_sem[keep], gt_sem[keep]
         pred_ids, gt_ids = pred_inst[keep] + 1, gt_inst[keep] + 1
         for cl in include:
@@ -90,7 +98,7 @@ def panoptic_metrics(samples: Sequence[PanopticSample | tuple], num_classes: int
     pq = sq * rq
     # semantic IoU as PanopticEval.getSemIoU: gt of ignored classes dropped, union clamped at eps
     conf = confusion.astype(np.float64)
-    conf[ignore, :] = 0
+    conf[ignored, :] = 0
     sem_tp = np.diag(conf)
     union = np.maximum(conf.sum(0) + conf.sum(1) - sem_tp, EPS)
     iou = sem_tp / union
@@ -110,7 +118,7 @@ def panoptic_metrics(samples: Sequence[PanopticSample | tuple], num_classes: int
         "miou": mean(iou, include),
         "per_class_pq": per_class(pq), "per_class_sq": per_class(sq), "per_class_rq": per_class(rq),
         "per_class_iou": per_class(iou),
-        "tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist(),
+        "tp": tp[:num_classes].tolist(), "fp": fp[:num_classes].tolist(), "fn": fn[:num_classes].tolist(),
         "thing_classes": things, "stuff_classes": stuff, "ignore_classes": ignore,
         "min_points": int(min_points),
     }

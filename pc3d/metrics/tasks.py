@@ -259,9 +259,10 @@ def _panoptic(task: str, pred: Path, gt: Path, options: EvalOptions) -> dict[str
         things = list(files.KITTI_THINGS)
     else:  # classes whose ground truth carries instance ids other than 0 / -1
         things = sorted({int(c) for *_, gs, gi in samples for c in np.unique(gs[gi > 0])})
+    negative = [c for c in ignore if c < 0]  # -1 = ignore (ScanNet/Pointcept) is a valid label then
     for pred_path, gt_path, ps, pi, gs, gi in samples:
-        files.check_range(gt_path, gs, 0, num_classes, what="semantic label")
-        files.check_range(pred_path, ps, 0, num_classes, what="semantic label")
+        files.check_range(gt_path, gs, 0, num_classes, allowed=negative, what="semantic label")
+        files.check_range(pred_path, ps, 0, num_classes, allowed=negative, what="semantic label")
         files.check_range(gt_path, gi, -1, 2**31, what="instance id")
         files.check_range(pred_path, pi, -1, 2**31, what="instance id")
     metrics = panoptic_metrics([(ps, pi, gs, gi) for *_, ps, pi, gs, gi in samples], num_classes, ignore,

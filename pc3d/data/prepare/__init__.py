@@ -1,0 +1,47 @@
+"""`pc3d data prepare` / `pc3d data check`: raw public downloads -> the layouts pc3d's readers expect.
+
+scannet, s3dis and modelnet40 are converted (scannet.py, s3dis.py, modelnet40.py); semantickitti,
+shapenetpart and scanobjectnn are released in the layout pc3d reads, so preparing them only checks them
+(check.py) and writes nothing. Every converter is resumable (finished outputs are skipped) and writes
+each file atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pc3d.errors import InputError
+
+CONVERTED = ("scannet", "s3dis", "modelnet40")
+READ_AS_RELEASED = ("semantickitti", "shapenetpart", "scanobjectnn")
+DATASETS = CONVERTED + READ_AS_RELEASED
+
+
+def prepare(dataset: str, raw: str | Path, out: str | Path, workers: int = 1) -> dict[str, Any]:
+    """Convert `raw` into `out`; returns the summary (counts, skipped, repairs, output folders)."""
+    if dataset not in DATASETS:
+        raise InputError(f"unknown dataset '{dataset}' (one of: {', '.join(DATASETS)})")
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise InputError(f"{raw}: no such folder")
+    if dataset in READ_AS_RELEASED:
+        from pc3d.data.prepare.check import check_dataset
+
+        report = check_dataset(dataset, raw)
+        return {"dataset": dataset, "raw": str(raw), "out": None, "written": 0,
+                "note": f"{dataset} is released in the layout pc3d reads: checked, nothing written; "
+                        f"point presets at {raw}", "check": report}
+    if out.resolve() == raw.resolve():
+        raise InputError(f"OUT must differ from RAW ({out})")
+    if dataset == "scannet":
+        from pc3d.data.prepare.scannet import prepare_scannet
+
+        return prepare_scannet(raw, out, workers)
+    if dataset == "s3dis":
+        from pc3d.data.prepare.s3dis import prepare_s3dis
+
+        return prepare_s3dis(raw, out, workers)
+    from pc3d.data.prepare.modelnet40 import prepare_modelnet40
+
+    return prepare_modelnet40(raw, out, workers)

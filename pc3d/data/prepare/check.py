@@ -1,0 +1,394 @@
+"""`pc3d data check DATASET ROOT`: is a prepared dataset what pc3d's readers and presets need?
+
+Per split: which items are present and which missing, point / label / instance counts, label ranges
+against the dataset's classes, coordinate extents and colour ranges. The first concrete problem (a
+missing split, a truncated or unreadable file, arrays of different lengths, a label outside the classes,
+NaN coordinates, colours outside 0..255) raises InputError: one line naming the file.
+
+Every file is read in full, because a truncated file is only found by reading it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pc3d.errors import InputError
+
+
+class Stats:
+    """Running counts and ranges of one split."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.points = 0
+        self.labelled = 0
+        self.instances = 0
+        self.low = np.full(3, np.inf)
+        self.high = np.full(3, -np.inf)
+        self.color = [np.inf, -np.inf]
+        self.labels = [np.inf, -np.inf]
+
+    def cloud(self, coord: np.ndarray, color: np.ndarray | None = None) -> None:
+        self.items += 1
+        self.points += len(coord)
+        if len(coord):
+            self.low = np.minimum(self.low, coord[:, :3].min(axis=0))
+            self.high = np.maximum(self.high, coord[:, :3].max(axis=0))
+        if color is not None and len(color):
+            self.color = [min(self.color[0], float(color.min())), max(self.color[1], float(color.max()))]
+
+    def label(self, values: np.ndarray, ignore: int | None = None) -> None:
+        valid = values[values != ignore] if ignore is not None else values
+        self.labelled += len(valid)
+        if len(valid):
+            self.labels = [min(self.labels[0], int(valid.min())), max(self.labels[1], int(valid.max()))]
+
+    def report(self) -> dict[str, Any]:
+        finite = np.isfinite(self.low).all()
+        return {
+            "items": self.items, "points": self.points, "labelled_points": self.labelled,
+            "instances": self.instances,
+            "label_range": self.labels if np.isfinite(self.labels[0]) else None,
+            "extent": {"min": self.low.tolist(), "max": self.high.tolist()} if finite else None,
+            "color_range": self.color if np.isfinite(self.color[0]) else None,
+        }
+
+
+def _fail(problem: str) -> InputError:
+    return InputError(" ".join(problem.split()))
+
+
+def load(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise _fail(f"{path}: missing")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _fail(f"{path}: unreadable or truncated ({exc})") from None
+
+
+def check_coord(path: Path, coord: np.ndarray) -> None:
+    if coord.ndim != 2 or coord.shape[1] < 3:
+        raise _fail(f"{path}: shape {coord.shape}, expected (N, 3)")
+    if not len(coord):
+        raise _fail(f"{path}: no points")
+    if not np.isfinite(coord[:, :3]).all():
+        raise _fail(f"{path}: NaN or inf coordinates")
+
+
+def check_rows(path: Path, array: np.ndarray, n: int, shape: str = "(N,)") -> None:
+    if len(array) != n or (shape == "(N,)" and array.ndim != 1) or (shape == "(N,3)" and array.shape[1:] != (3,)):
+        raise _fail(f"{path}: shape {array.shape}, expected {shape} with N = {n} (the coordinates' count)")
+
+
+def check_range(path: Path, values: np.ndarray, low: int, high: int, what: str) -> None:
+    bad = (values < low) | (values >= high)
+    if bad.any():
+        raise _fail(f"{path}: {what} {int(values[bad][0])} outside {low}..{high - 1}")
+
+
+def check_colors(path: Path, color: np.ndarray) -> None:
+    if len(color) and (color.min() < 0 or color.max() > 255):
+        raise _fail(f"{path}: colours span {color.min():g}..{color.max():g}, expected 0..255")
+
+
+def _splits_report(stats: dict[str, Stats], extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    report = {split: s.report() for split, s in stats.items()}
+    for split, values in (extra or {}).items():
+        report.setdefault(split, {}).update(values)
+    return report
+
+
+# --------------------------------------------------------------------------- Pointcept layouts
+
+
+def check_pointcept_folder(folder: Path, stats: Stats, labels: dict[str, int], required: tuple[str, ...]) -> None:
+    """One scene/room folder: coord, color, normal and the label files in `labels` (name -> classes)."""
+    coord = load(folder / "coord.npy")
+    check_coord(folder / "coord.npy", coord)
+    n = len(coord)
+    color = load(folder / "color.npy")
+    check_rows(folder / "color.npy", color, n, "(N,3)")
+    check_colors(folder / "color.npy", color)
+    check_rows(folder / "normal.npy", load(folder / "normal.npy"), n, "(N,3)")
+    stats.cloud(coord, color)
+    for name, classes in labels.items():
+        path = folder / f"{name}.npy"
+        if not path.is_file() and name not in required:
+            continue
+        values = load(path)
+        values = values.reshape(-1) if values.ndim == 2 and values.shape[1] == 1 else values
+        check_rows(path, values, n)
+        check_range(path, values, -1, classes, "label")
+        if name in ("segment20", "segment"):
+            stats.label(values, ignore=-1)
+    instance_path = folder / "instance.npy"
+    if instance_path.is_file() or "instance" in required:
+        instance = load(instance_path)
+        check_rows(instance_path, instance, n)
+        check_range(instance_path, instance, -1, 2**31 - 1, "instance id")
+        stats.instances += int(len(np.unique(instance[instance >= 0])))
+
+
+def check_scannet(root: Path) -> dict[str, Any]:
+    base = root if (root / "train").is_dir() or not (root / "scannet").is_dir() else root / "scannet"
+    stats: dict[str, Stats] = {}
+    missing = [split for split in ("train", "val") if not (base / split).is_dir()]
+    if missing:
+        raise _fail(f"ScanNet (Pointcept layout): split '{missing[0]}' missing: no folder {base / missing[0]}")
+    for split in ("train", "val", "test"):
+        folder = base / split
+        if not folder.is_dir():
+            continue
+        scenes = sorted(p for p in folder.iterdir() if p.is_dir())
+        if not scenes:
+            raise _fail(f"ScanNet (Pointcept layout): split '{split}' is empty: no scene folders in {folder}")
+        stats[split] = Stats()
+        required = ("segment20", "instance") if split != "test" else ()
+        for scene in scenes:
+            check_pointcept_folder(scene, stats[split], {"segment20": 20, "segment200": 200}, required)
+    return {"dataset": "scannet", "root": str(base), "classes": 20, "splits": _splits_report(stats),
+            "missing_splits": [s for s in ("test",) if s not in stats]}
+
+
+def check_s3dis(root: Path) -> dict[str, Any]:
+    from pc3d.data.readers.s3dis import S3DIS_CLASSES
+
+    base = root if any(root.glob("Area_*")) or not (root / "s3dis").is_dir() else root / "s3dis"
+    stats: dict[str, Stats] = {}
+    for k in range(1, 7):
+        area = base / f"Area_{k}"
+        if not area.is_dir():
+            raise _fail(f"S3DIS (Pointcept layout): split 'Area_{k}' missing: no folder {area}")
+        rooms = sorted(p for p in area.iterdir() if p.is_dir())
+        if not rooms:
+            raise _fail(f"S3DIS (Pointcept layout): split 'Area_{k}' is empty: no room folders in {area}")
+        stats[area.name] = Stats()
+        for room in rooms:
+            check_pointcept_folder(room, stats[area.name], {"segment": len(S3DIS_CLASSES)}, ("segment", "instance"))
+    return {"dataset": "s3dis", "root": str(base), "classes": len(S3DIS_CLASSES), "splits": _splits_report(stats)}
+
+
+def check_scannet_detection(root: Path) -> dict[str, Any]:
+    from pc3d.data.labels import SCANNET_DET_NYU40_IDS
+
+    base = root if (root / "meta_data").is_dir() or not (root / "scannet_detection").is_dir() \
+        else root / "scannet_detection"
+    data = base / "scannet_train_detection_data"
+    stats: dict[str, Stats] = {}
+    boxes: dict[str, int] = {}
+    for split in ("train", "val"):
+        listing = base / "meta_data" / f"scannetv2_{split}.txt"
+        if not listing.is_file():
+            raise _fail(f"ScanNet detection: split '{split}' missing: no {listing}")
+        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        if not names:
+            raise _fail(f"ScanNet detection: split '{split}' is empty: {listing} lists no scene")
+        stats[split], boxes[split] = Stats(), 0
+        for name in names:
+            vert_path = data / f"{name}_vert.npy"
+            vert = load(vert_path)
+            check_coord(vert_path, vert)
+            if vert.shape[1] < 6:
+                raise _fail(f"{vert_path}: shape {vert.shape}, expected (N, 6) xyz rgb")
+            check_colors(vert_path, vert[:, 3:6])
+            stats[split].cloud(vert[:, :3], vert[:, 3:6])
+            sem_path, ins_path = data / f"{name}_sem_label.npy", data / f"{name}_ins_label.npy"
+            sem, ins = load(sem_path), load(ins_path)
+            check_rows(sem_path, sem, len(vert))
+            check_rows(ins_path, ins, len(vert))
+            check_range(sem_path, sem.astype(np.int64), 0, 41, "NYU40 label")
+            stats[split].label(sem.astype(np.int64), ignore=0)
+            stats[split].instances += int(len(np.unique(ins[ins > 0])))
+            bbox_path = data / f"{name}_bbox.npy"
+            bbox = load(bbox_path)
+            bbox = bbox.reshape(-1, 7) if bbox.size == 0 else bbox
+            if bbox.ndim != 2 or bbox.shape[1] != 7 or not np.isfinite(bbox).all():
+                raise _fail(f"{bbox_path}: shape {bbox.shape}, expected finite (K, 7) centre size class")
+            bad = ~np.isin(bbox[:, 6], SCANNET_DET_NYU40_IDS)
+            if bad.any():
+                raise _fail(f"{bbox_path}: box class {bbox[bad][0, 6]:g} is not one of the 18 detection classes")
+            if (bbox[:, 3:6] < 0).any():
+                raise _fail(f"{bbox_path}: a box has a negative size")
+            boxes[split] += len(bbox)
+    return {"dataset": "scannet_detection", "root": str(base), "classes": len(SCANNET_DET_NYU40_IDS),
+            "splits": _splits_report(stats, {s: {"boxes": b} for s, b in boxes.items()})}
+
+
+# --------------------------------------------------------------------------- object datasets
+
+
+def _read_text_table(path: Path, width: int, delimiter: str | None) -> np.ndarray:
+    if not path.is_file():
+        raise _fail(f"{path}: missing")
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = [line.split(delimiter) for line in lines]
+    for number, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise _fail(f"{path}: line {number} has {len(row)} values, expected {width} (truncated or malformed)")
+    try:
+        table = np.array(rows, dtype=np.float64).reshape(-1, width)
+    except ValueError as exc:
+        raise _fail(f"{path}: not numbers ({exc})") from None
+    if not len(table):
+        raise _fail(f"{path}: no points")
+    if not np.isfinite(table).all():
+        raise _fail(f"{path}: NaN or inf values")
+    return table
+
+
+def check_modelnet40(root: Path) -> dict[str, Any]:
+    nested = root / "modelnet40_normal_resampled"
+    base = nested if not (root / "modelnet40_shape_names.txt").is_file() and nested.is_dir() else root
+    names_path = base / "modelnet40_shape_names.txt"
+    if not names_path.is_file():
+        raise _fail(f"ModelNet40: missing {names_path}")
+    classes = [line.strip() for line in names_path.read_text().splitlines() if line.strip()]
+    stats: dict[str, Stats] = {}
+    for split in ("train", "test"):
+        listing = base / f"modelnet40_{split}.txt"
+        if not listing.is_file():
+            raise _fail(f"ModelNet40: split '{split}' missing: no {listing}")
+        ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise _fail(f"ModelNet40: split '{split}' is empty: {listing} lists no shape")
+        stats[split] = Stats()
+        for shape_id in ids:
+            cls = shape_id.rsplit("_", 1)[0]
+            if cls not in classes:
+                raise _fail(f"{listing}: {shape_id}: class '{cls}' is not in {names_path.name}")
+            table = _read_text_table(base / cls / f"{shape_id}.txt", 6, ",")
+            stats[split].cloud(table[:, :3])
+            stats[split].label(np.array([classes.index(cls)]))
+    return {"dataset": "modelnet40", "root": str(base), "classes": len(classes), "splits": _splits_report(stats)}
+
+
+def check_shapenetpart(root: Path) -> dict[str, Any]:
+    from pc3d.data.labels import SHAPENETPART_PART_IDS, SHAPENETPART_SYNSETS
+    from pc3d.data.readers.shapenetpart import read_categories
+
+    by_synset = {synset: name for name, synset in read_categories(root)}
+    stats: dict[str, Stats] = {}
+    for split in ("train", "val", "test"):
+        listing = root / "train_test_split" / f"shuffled_{split}_file_list.json"
+        if not listing.is_file():
+            raise _fail(f"ShapeNetPart: split '{split}' missing: no {listing}")
+        try:
+            entries = json.loads(listing.read_text())
+        except json.JSONDecodeError as exc:
+            raise _fail(f"{listing}: not valid JSON ({exc})") from None
+        stats[split] = Stats()
+        for entry in entries:
+            _, synset, model = entry.split("/")[-3:]
+            name = by_synset.get(synset)
+            if name is None or name not in SHAPENETPART_SYNSETS:
+                raise _fail(f"{listing}: {entry}: synset {synset} is not in synsetoffset2category.txt")
+            path = root / synset / f"{model}.txt"
+            table = _read_text_table(path, 7, None)
+            parts = table[:, 6].astype(np.int64)
+            bad = ~np.isin(parts, SHAPENETPART_PART_IDS[name])
+            if bad.any():
+                raise _fail(f"{path}: part label {int(parts[bad][0])} is not a part of {name} "
+                            f"({', '.join(map(str, SHAPENETPART_PART_IDS[name]))})")
+            stats[split].cloud(table[:, :3])
+            stats[split].label(parts)
+    return {"dataset": "shapenetpart", "root": str(root), "classes": 50, "splits": _splits_report(stats)}
+
+
+def check_scanobjectnn(root: Path) -> dict[str, Any]:
+    import h5py
+
+    from pc3d.data.readers.scanobjectnn import SCAN_VARIANTS, scanobjectnn_file
+
+    stats: dict[str, Stats] = {}
+    for variant in SCAN_VARIANTS:
+        paths = {split: scanobjectnn_file(root, variant, split) for split in ("train", "test")}
+        if not any(p.is_file() for p in paths.values()):
+            continue
+        for split, path in paths.items():
+            if not path.is_file():
+                raise _fail(f"ScanObjectNN {variant}: split '{split}' missing: no {path}")
+            try:
+                with h5py.File(path, "r") as handle:
+                    data, label = np.asarray(handle["data"]), np.asarray(handle["label"]).reshape(-1)
+            except (OSError, KeyError) as exc:
+                raise _fail(f"{path}: unreadable, truncated or without data/label ({exc})") from None
+            if data.ndim != 3 or data.shape[2] < 3 or len(label) != len(data):
+                raise _fail(f"{path}: data {data.shape} / label {label.shape}, expected (M, P, 3) and (M,)")
+            if not np.isfinite(data).all():
+                raise _fail(f"{path}: NaN or inf coordinates")
+            check_range(path, label.astype(np.int64), 0, 15, "class")
+            key = f"{variant}/{split}"
+            stats[key] = Stats()
+            for cloud in data:
+                stats[key].cloud(cloud[:, :3])
+            stats[key].label(label.astype(np.int64))
+    if not stats:
+        raise _fail(f"ScanObjectNN: no variant under {root} (expected main_split/ or main_split_nobg/ h5 files)")
+    return {"dataset": "scanobjectnn", "root": str(root), "classes": 15, "splits": _splits_report(stats)}
+
+
+def check_semantickitti(root: Path) -> dict[str, Any]:
+    from pc3d.data.readers.semantickitti import LEARNING_MAP, TRAIN_SEQUENCES, VAL_SEQUENCES, find_sequences_root
+
+    base = find_sequences_root(root)
+    known = np.array(sorted(LEARNING_MAP))
+    stats: dict[str, Stats] = {}
+    splits = {"train": TRAIN_SEQUENCES, "val": VAL_SEQUENCES,
+              "test": tuple(f"{s:02d}" for s in range(11, 22))}
+    for split, sequences in splits.items():
+        present = [s for s in sequences if (base / "sequences" / s / "velodyne").is_dir()]
+        if split != "test" and len(present) != len(sequences):
+            absent = next(s for s in sequences if s not in present)
+            raise _fail(f"SemanticKITTI: split '{split}' incomplete: sequence {absent} missing "
+                        f"({base / 'sequences' / absent / 'velodyne'})")
+        if not present:
+            continue
+        stats[split] = Stats()
+        for seq in present:
+            for scan in sorted((base / "sequences" / seq / "velodyne").glob("*.bin")):
+                size = scan.stat().st_size
+                if size % 16:
+                    raise _fail(f"{scan}: {size} bytes is not a whole number of 16-byte points (truncated)")
+                points = np.fromfile(scan, dtype=np.float32).reshape(-1, 4)
+                check_coord(scan, points)
+                stats[split].cloud(points[:, :3])
+                label_path = base / "sequences" / seq / "labels" / f"{scan.stem}.label"
+                if split == "test":
+                    continue
+                if not label_path.is_file():
+                    raise _fail(f"{label_path}: missing")
+                labels = np.fromfile(label_path, dtype=np.uint32)
+                if len(labels) != len(points):
+                    raise _fail(f"{label_path}: {len(labels)} labels for {len(points)} points (truncated?)")
+                semantic = (labels & 0xFFFF).astype(np.int64)
+                unknown = ~np.isin(semantic, known)
+                if unknown.any():
+                    raise _fail(f"{label_path}: raw label {int(semantic[unknown][0])} is not in SemanticKITTI's map")
+                stats[split].label(semantic, ignore=0)
+                stats[split].instances += int(len(np.unique(labels[(labels >> 16) > 0])))
+    return {"dataset": "semantickitti", "root": str(base), "classes": 20, "splits": _splits_report(stats),
+            "missing_splits": [s for s in splits if s not in stats]}
+
+
+CHECKS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "scannet": check_scannet, "scannet_detection": check_scannet_detection, "s3dis": check_s3dis,
+    "modelnet40": check_modelnet40, "shapenetpart": check_shapenetpart, "scanobjectnn": check_scanobjectnn,
+    "semantickitti": check_semantickitti,
+}
+
+
+def check_dataset(dataset: str, root: str | Path) -> dict[str, Any]:
+    if dataset not in CHECKS:
+        raise InputError(f"unknown dataset '{dataset}' (one of: {', '.join(CHECKS)})")
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    report = CHECKS[dataset](root)
+    report["ok"] = True
+    return report
