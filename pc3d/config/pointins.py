@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from pc3d.config.base import DataConfig, OptimConfig, PresetBase, StrictModel, TrainConfig
 from pc3d.config.registry import register_schema
 
 Curve = Literal["z", "z-trans", "hilbert", "hilbert-trans"]
+FeatKey = Literal["coord", "color", "normal"]
+# the input channels a model section implies when it names none: Sonata's feat_keys (9) and PTv3 v3m1's (6)
+FEAT_KEYS_BY_CHANNELS: dict[int, tuple[str, ...]] = {9: ("coord", "color", "normal"), 6: ("color", "normal")}
 
 
 class PTv3Config(StrictModel):
@@ -31,6 +34,20 @@ class PTv3Config(StrictModel):
         "layer", description="norm of the embedding and the pooling: LayerNorm (Sonata) or BatchNorm (PTv3 v3m1)")
     layer_scale: float | None = Field(None, gt=0, description="initial per-channel residual scale; null = none "
                                       "(Sonata's released encoder has none)")
+    # input rules: they belong to the weights (a checkpoint only works with the inputs it was trained on); null =
+    # the rule of the checkpoint family, resolved when the run starts and written into its saved config
+    pooled_depth: Literal["own", "parent"] | None = Field(
+        None, description="serialisation depth of a pooled level: from its own cells (Sonata / PTv3 v3m2) or the "
+        "parent's - 1 (PTv3 v3m1); null = the family of model.stem (linear: own, sparse-conv: parent)")
+    color_norm: Literal["unit", "signed"] | None = Field(
+        None, description="colour feature: 'unit' = colour / 255 (Sonata, Pointcept >= 1.6), 'signed' = "
+        "colour / 127.5 - 1 (older Pointcept PTv3, pc3d's pretraining); null = the checkpoint's family")
+    center_precision: Literal["float32", "float64"] | None = Field(
+        None, description="arithmetic of CenterShift: float32 as the official transform (whose rounding moves some "
+        "points of mm-grid clouds into other cells), float64 = pc3d's pretraining; null = the checkpoint's family")
+    feat_keys: tuple[FeatKey, ...] | None = Field(
+        None, description="input channels in order, 3 each; null = coord, color, normal for in_channels 9 "
+        "(Sonata) and color, normal for 6 (PTv3 v3m1)")
 
     @model_validator(mode="after")
     def _stages(self) -> PTv3Config:
@@ -39,7 +56,18 @@ class PTv3Config(StrictModel):
         bad = [(c, h) for c, h in zip(self.channels, self.heads, strict=True) if c % h]
         if bad:
             raise ValueError(f"model.channels {bad[0][0]} is not divisible by its heads {bad[0][1]}")
+        if self.feat_keys is None and self.in_channels not in FEAT_KEYS_BY_CHANNELS:
+            raise ValueError(f"model.in_channels {self.in_channels}: set model.feat_keys (coord / color / normal, "
+                             "3 channels each) to say which inputs they are")
+        if self.feat_keys is not None:
+            if len(set(self.feat_keys)) != len(self.feat_keys) or 3 * len(self.feat_keys) != self.in_channels:
+                raise ValueError(f"model.feat_keys {list(self.feat_keys)} must name distinct inputs of 3 channels "
+                                 f"each, adding up to model.in_channels {self.in_channels}")
         return self
+
+    def input_feat_keys(self) -> tuple[str, ...]:
+        """The input channels the encoder reads, in order (explicit feat_keys, else implied by in_channels)."""
+        return tuple(self.feat_keys) if self.feat_keys is not None else FEAT_KEYS_BY_CHANNELS[self.in_channels]
 
 
 class SceneDataConfig(DataConfig):
@@ -129,6 +157,12 @@ class SonataLossConfig(StrictModel):
                                   "balanced over those points); false = Sonata, every matched point")
 
 
+# the inputs pc3d's scene pretraining builds (pc3d.methods.sonata make_view / scene_features): its runs record
+# these rules so that a probe of them feeds what they were trained on
+PRETRAIN_INPUT_RULES: dict[str, object] = {"color_norm": "signed", "center_precision": "float64",
+                                           "feat_keys": ("coord", "color", "normal")}
+
+
 class ScenePretrainPreset(PresetBase):
     command: Literal["pretrain"] = "pretrain"
     model: PTv3Config = Field(default_factory=PTv3Config)
@@ -138,6 +172,34 @@ class ScenePretrainPreset(PresetBase):
                                                                    warmup_epochs=40, clip_grad=3.0, min_lr=1e-6))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=800, batch_size=16, ema_momentum=0.994))
     data: ScenePretrainDataConfig = Field(default_factory=ScenePretrainDataConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _record_input_rules(cls, data: Any) -> Any:
+        """Fill the model section's unset input rules with what pretraining does, so the saved config says it."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model") or {}
+        if isinstance(model, BaseModel):
+            model = model.model_dump()
+        if not isinstance(model, dict):
+            return data  # the field's own validation reports it
+        filled = dict(model)
+        family_depth = "own" if filled.get("stem", "linear") == "linear" else "parent"
+        for key, value in {**PRETRAIN_INPUT_RULES, "pooled_depth": family_depth}.items():
+            if filled.get(key) is None:
+                filled[key] = value
+        return {**data, "model": filled}
+
+    @model_validator(mode="after")
+    def _built_input_rules(self) -> ScenePretrainPreset:
+        # pretraining builds one set of inputs and the stem family's pooling rule; another value would be ignored
+        wanted = {**PRETRAIN_INPUT_RULES, "pooled_depth": "own" if self.model.stem == "linear" else "parent"}
+        for key, value in wanted.items():
+            if getattr(self.model, key) != value:
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ValueError(f"model.{key}: pretraining builds {shown} only")
+        return self
 
 
 @register_schema

@@ -16,6 +16,10 @@ trainable unpooling decoder), `full` (everything trains; encoder at `backbone_lr
   clusters are Hungarian-matched to ground-truth instances (paper appendix) -> matched mIoU and
   class-agnostic AP.
 Predictions are made on grid-sampled points and carried back to every input point for scoring.
+
+Input rules (model.pooled_depth / color_norm / center_precision / feat_keys) belong to the probed weights: unset
+ones are resolved when the run starts from the checkpoint's family (an official Sonata / PTv3 file by its stem, a
+pc3d run by its saved config) and written into the run's config.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from torch.utils.data import Dataset
 
 from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
-from pc3d.methods.sonata import OffsetHead, build_encoder, load_scenes, scene_features
-from pc3d.models.ptv3 import Point, expected_upcast_channels, level_inverse, up_cast
+from pc3d.methods.sonata import OffsetHead, build_encoder, load_scenes
+from pc3d.models.ptv3 import Point, PTv3Encoder, expected_upcast_channels, level_inverse, up_cast
 from pc3d.ops.clustering import connected_components
 from pc3d.ops.grid import grid_sample
 
@@ -73,42 +77,150 @@ def parse_instances(segment: np.ndarray, instance: np.ndarray, stuff: tuple[int,
     return out.astype(np.int64)
 
 
+# ----------------------------------------------------------------------------- input rules
+
+RULE_KEYS = ("pooled_depth", "color_norm", "center_precision")
+# pc3d runs whose saved config predates the rule keys were pretrained with these (float64 centring and
+# colour / 127.5 - 1 in pc3d.methods.sonata, the v3m1 pooled depth in pc3d.models.ptv3)
+LEGACY_PC3D_RULES: dict[str, str] = {"pooled_depth": "parent", "color_norm": "signed", "center_precision": "float64"}
+
+
+@dataclass(frozen=True)
+class InputRules:
+    """How a raw scene becomes the encoder's input (see PTv3Config); the defaults are Sonata's."""
+
+    color_norm: str = "unit"
+    center_precision: str = "float32"
+    feat_keys: tuple[str, ...] = ("coord", "color", "normal")
+
+    @classmethod
+    def of(cls, model: Any) -> InputRules:
+        """The rules of a model section; unresolved ones take the family of its stem (see `family_rules`)."""
+        family = family_rules(model.stem)
+        return cls(color_norm=model.color_norm or family["color_norm"],
+                   center_precision=model.center_precision or family["center_precision"],
+                   feat_keys=model.input_feat_keys())
+
+    def describe(self) -> str:
+        colour = "colour / 255" if self.color_norm == "unit" else "colour / 127.5 - 1"
+        return f"{' + '.join(self.feat_keys)}; {colour}; {self.center_precision} centring"
+
+
+def family_rules(stem: str) -> dict[str, str]:
+    """Rules of an encoder built without a checkpoint: those of the official family its stem belongs to."""
+    from pc3d.models.convert_ptv3 import OFFICIAL_INPUT_RULES
+
+    return dict(OFFICIAL_INPUT_RULES[stem])
+
+
+def checkpoint_input_rules(spec: str, weights: dict[str, Tensor] | None = None) -> tuple[dict[str, str], str]:
+    """(input rules, where they come from) of the checkpoint `spec` (`weights`: its tensors, if already loaded).
+
+    An official Sonata / PTv3 file: its family's rules; a pc3d checkpoint: the rules its saved config records
+    (the legacy ones where it records none); any other file: the legacy pc3d rules."""
+    from pc3d.engine.checkpoint import load_weights, read_meta
+    from pc3d.engine.hub import resolve_weights
+    from pc3d.models.convert_ptv3 import official_input_rules
+
+    path = resolve_weights(spec)
+    if path.suffix == ".json" or (path.suffix == ".safetensors" and path.with_suffix(".json").is_file()):
+        saved = read_meta(path).get("config") or {}
+        model = saved.get("model") if isinstance(saved.get("model"), dict) else {}
+        rules = {k: model.get(k) or LEGACY_PC3D_RULES[k] for k in RULE_KEYS}
+        return rules, "pc3d run config" if all(model.get(k) for k in RULE_KEYS) else "pc3d run (legacy rules)"
+    official = official_input_rules(weights if weights is not None else load_weights(spec))
+    if official is not None:
+        return official[0], f"official {official[1]} checkpoint"
+    return dict(LEGACY_PC3D_RULES), "pc3d weights without a config (legacy rules)"
+
+
+def resolve_input_rules(config: Any, weights: dict[str, Tensor] | None = None) -> Any:
+    """`config` with every unset input rule of its model section filled in from the checkpoint it probes (or, with
+    none, from the family of model.stem); rules the preset sets are kept as they are."""
+    model = config.model
+    unset = [k for k in RULE_KEYS if getattr(model, k) is None]
+    if not unset:
+        return config
+    rules = checkpoint_input_rules(config.weights, weights)[0] if config.weights else family_rules(model.stem)
+    return config.model_copy(update={"model": model.model_copy(update={k: rules[k] for k in unset})})
+
+
+def center_shift(coord: np.ndarray, precision: str) -> np.ndarray:
+    """Pointcept's CenterShift(apply_z=True): x/y centred on the box, floor at z = 0 (coordinates are input
+    features, so official weights expect this frame).
+
+    "float32" repeats the official arithmetic on float32 arrays: the shift is rounded to float32 before it is
+    subtracted, so coordinates come out up to an ulp away from exact centring, and a point that close to a cell
+    border can change cell. "float64" centres exactly (pc3d's pretraining) and rounds once at the end."""
+    if precision == "float32":
+        xyz = np.asarray(coord, dtype=np.float32)
+        low, high = xyz.min(0), xyz.max(0)
+        shift = np.array([(low[0] + high[0]) / np.float32(2), (low[1] + high[1]) / np.float32(2), low[2]],
+                         dtype=np.float32)
+        return xyz - shift
+    if precision != "float64":
+        raise InputError(f"model.center_precision must be float32 or float64, got {precision!r}")
+    xyz = np.asarray(coord, dtype=np.float64)
+    low, high = xyz.min(0), xyz.max(0)
+    return (xyz - np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]])).astype(np.float32)
+
+
+def normalize_color(color: np.ndarray, rule: str) -> np.ndarray:
+    """Colours 0..255 -> the feature the weights were trained on: "unit" colour / 255 (in float32, as Sonata's
+    NormalizeColor on float32 arrays), "signed" colour / 127.5 - 1 (in float64, as pc3d's pretraining)."""
+    if rule == "unit":
+        return np.asarray(color, dtype=np.float32) / np.float32(255)
+    if rule == "signed":
+        return (np.asarray(color, dtype=np.float64) / 127.5 - 1.0).astype(np.float32)
+    raise InputError(f"model.color_norm must be unit or signed, got {rule!r}")
+
+
+def input_features(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, rules: InputRules) -> np.ndarray:
+    """(N, 3 x len(feat_keys)) float32 encoder input: the named inputs in order (coord is the centred one)."""
+    parts = {"coord": lambda: np.asarray(coord, dtype=np.float32),
+             "color": lambda: normalize_color(color, rules.color_norm),
+             "normal": lambda: np.asarray(normal, dtype=np.float32)}
+    unknown = [k for k in rules.feat_keys if k not in parts]
+    if unknown or not rules.feat_keys:
+        raise InputError(f"model.feat_keys: inputs are coord, color, normal; got {list(rules.feat_keys)}")
+    return np.concatenate([parts[k]() for k in rules.feat_keys], axis=1)
+
+
 # ----------------------------------------------------------------------------- data
 
 
 class ProbeScenes(Dataset):
-    """Grid-sampled scenes with labels; training scenes are augmented (z-rotation, flip, scale)."""
+    """Grid-sampled scenes with labels; training scenes are augmented (z-rotation, flip, scale).
+
+    Each cell keeps its lowest-index point (Pointcept's GridSample(mode="train") keeps a random one)."""
 
     def __init__(self, scenes: Any, labels: SceneLabels, grid_size: float, train: bool, augment: bool,
-                 loop: int = 1) -> None:
+                 loop: int = 1, rules: InputRules | None = None) -> None:
         self.scenes, self.labels, self.grid_size = scenes, labels, grid_size
         self.train, self.augment, self.loop = train, augment and train, loop if train else 1
+        self.rules = rules or InputRules()
 
     def __len__(self) -> int:
         return len(self.scenes) * self.loop
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         sample = self.scenes[index % len(self.scenes)]
-        coord = sample["coord"].astype(np.float64)
-        normal = sample["normal"].astype(np.float64)
-        # Pointcept's CenterShift(apply_z=True): x/y centred, floor at z = 0 -- coordinates are input features,
-        # so official Sonata/PTv3 weights expect this frame
-        low, high = coord.min(0), coord.max(0)
-        coord = coord - np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]])
+        coord = center_shift(sample["coord"], self.rules.center_precision)
+        normal = np.asarray(sample["normal"], dtype=np.float32)
         if self.augment:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
             angle = rng.uniform(-math.pi, math.pi)
             c, s = math.cos(angle), math.sin(angle)
             orient = np.diag([-1.0 if rng.random() < 0.5 else 1.0, 1.0, 1.0]) @ np.array(
                 [[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-            coord = rng.uniform(0.9, 1.1) * coord @ orient.T
-            normal = normal @ orient.T
-        coord_t = torch.from_numpy(coord).float()
+            coord = (rng.uniform(0.9, 1.1) * coord.astype(np.float64) @ orient.T).astype(np.float32)
+            normal = (normal.astype(np.float64) @ orient.T).astype(np.float32)
+        coord_t = torch.from_numpy(coord)
         cells = grid_sample(coord_t, self.grid_size)
         keep = cells.unique_index
         segment = sample["segment"].astype(np.int64)
         instance = parse_instances(segment, sample["instance"].astype(np.int64), self.labels.stuff_classes)
-        feat = torch.from_numpy(scene_features(coord, sample["color"].astype(np.float64), normal))
+        feat = torch.from_numpy(input_features(coord, sample["color"], normal, self.rules))
         out = {"coord": coord_t[keep], "grid": cells.grid_coord[keep], "feat": feat[keep],
                "segment": torch.from_numpy(segment)[keep], "instance": torch.from_numpy(instance)[keep]}
         if not self.train:  # full-resolution labels for scoring
@@ -233,12 +345,19 @@ def pretrained_offset_head(weights: dict[str, Tensor]) -> tuple[str, dict[str, T
     return None
 
 
+def probe_encoder(model: Any, teacher: bool = False) -> PTv3Encoder:
+    """The encoder of a model section, serialising pooled levels by its pooled_depth rule (null: the stem's)."""
+    encoder = build_encoder(model, teacher)
+    encoder.set_pooled_depth(model.pooled_depth)
+    return encoder
+
+
 class SceneProbe(Method):
     def __init__(self, config: Any, labels: SceneLabels) -> None:
         super().__init__()
         self.config, self.labels = config, labels
         probe = config.probe
-        self.encoder = build_encoder(config.model)
+        self.encoder = probe_encoder(config.model)
         channels = tuple(config.model.channels)
         self.decoder = UnpoolDecoder(channels, probe.decoder_channels) if probe.mode == "decoder" else None
         width = probe.decoder_channels if self.decoder is not None else sum(channels)
@@ -448,7 +567,7 @@ class PretrainedOffsets(nn.Module):
         from pc3d.models.ptv3 import expected_upcast_channels
 
         self.levels = config.probe.up_cast_levels
-        self.encoder = build_encoder(config.model, teacher=True)
+        self.encoder = probe_encoder(config.model, teacher=True)
         self.offset_head = OffsetHead(expected_upcast_channels(tuple(config.model.channels), self.levels))
 
     @torch.no_grad()
@@ -490,11 +609,12 @@ def unsupervised_instances(config: Any, weights: dict[str, Tensor], source: str)
     from pc3d.metrics.instance import instance_ap
 
     labels = scene_labels(config.data.dataset)
+    config = resolve_input_rules(config, weights)
     model = PretrainedOffsets(config)
     report = load_encoder(model, weights, source, extra_prefixes=("offset_head.",))
     model.eval()
     dataset = ProbeScenes(load_scenes(config.data, config.run.seed, "val"), labels, config.model.grid_size,
-                          train=False, augment=False)
+                          train=False, augment=False, rules=InputRules.of(config.model))
     probe = config.probe
     ious, recalls, runs = [], [], []
     for i in range(len(dataset)):
@@ -526,15 +646,20 @@ def build(config: Any, rank: int) -> Any:
     from pc3d.engine.trainer import TrainingSetup
 
     labels = scene_labels(config.data.dataset)
-    method = SceneProbe(config, labels)
+    weights = None
     if config.weights:
         from pc3d.engine.checkpoint import load_weights
 
-        method.load_pretrained(load_weights(config.weights), config.weights)
-    grid = config.model.grid_size
+        weights = load_weights(config.weights)
+    config = resolve_input_rules(config, weights)  # `run` has resolved them already; a direct caller may not
+    method = SceneProbe(config, labels)
+    if weights is not None:
+        method.load_pretrained(weights, config.weights)
+    grid, rules = config.model.grid_size, InputRules.of(config.model)
     train = ProbeScenes(load_scenes(config.data, config.run.seed, "train"), labels, grid, train=True,
-                        augment=config.probe.augment, loop=config.data.loop)
-    val = ProbeScenes(load_scenes(config.data, config.run.seed, "val"), labels, grid, train=False, augment=False)
+                        augment=config.probe.augment, loop=config.data.loop, rules=rules)
+    val = ProbeScenes(load_scenes(config.data, config.run.seed, "val"), labels, grid, train=False, augment=False,
+                      rules=rules)
     return TrainingSetup(method=method, train_set=train, val_set=val, collate_fn=collate_scenes)
 
 
@@ -545,6 +670,11 @@ def run(request: Any) -> dict[str, Any]:
     if request.init_from:  # --from: the encoder to probe
         config = config.model_copy(update={"weights": request.init_from})
         request = replace(request, config=config, init_from=None)
+    # the checkpoint's input rules go into the config before the run saves it, so the run records what it fed
+    resolved = resolve_input_rules(config)
+    if resolved is not config:
+        config = resolved
+        request = replace(request, config=config)
     if config.probe.task == "unsup-insseg":
         return run_unsupervised(config)
     if config.probe.mode != "full" and not config.weights:
@@ -554,6 +684,8 @@ def run(request: Any) -> dict[str, Any]:
     from pc3d.engine.trainer import fit
 
     result = fit(request, build)
+    m = config.model
+    result["input_rules"] = f"{InputRules.of(m).describe()}; pooled depth {m.pooled_depth}"
     if config.probe.task in ("insseg", "panoptic"):
         result["offset_init"] = describe_offset_init(config)
     return result

@@ -14,6 +14,10 @@ point_transformer_v3m2_sonata.py, pointcept/models/modules.py):
   is transposed.
 pc3d's CPE conv has no bias (spconv's CPU path refuses one), so the official bias b is folded into the Linear
 after it: W (conv(x) + b) + c = W conv(x) + (W b + c), exact up to float rounding.
+- input rules (`official_input_rules`): Sonata's pipeline (sonata/transform.py `default()`) centres with
+  CenterShift on float32 arrays (the shift itself rounded to float32) and feeds colour / 255 (NormalizeColor);
+  Pointcept before 1.6 fed colour / 127.5 - 1 to PTv3 v3m1, whose pooling shifts the parent's codes (depth - 1)
+  where Sonata's re-serialises each pooled level (sonata/structure.py Point.serialization).
 """
 
 from __future__ import annotations
@@ -86,6 +90,30 @@ def official_prefix(state: Mapping[str, Any]) -> str | None:
         if preferred in found:
             return preferred
     return min(found, key=lambda p: (len(p), p))
+
+
+# checkpoint family (by its stem) -> the input rules its weights were trained with (pc3d model-section keys)
+OFFICIAL_INPUT_RULES: dict[str, dict[str, str]] = {
+    "linear": {"pooled_depth": "own", "color_norm": "unit", "center_precision": "float32"},  # Sonata, PT-v3m2
+    # PTv3 v3m1 as Pointcept < 1.6 trained it; a v3m1 trained by Pointcept >= 1.6 needs model.color_norm: unit
+    "sparse-conv": {"pooled_depth": "parent", "color_norm": "signed", "center_precision": "float32"},
+}
+FAMILY_NAMES = {"linear": "Sonata / PTv3 v3m2", "sparse-conv": "PTv3 v3m1"}
+
+
+def official_stem(state: Mapping[str, Any]) -> str | None:
+    """'linear' (Sonata / v3m2) or 'sparse-conv' (v3m1) for an official PTv3 state dict, None for anything else."""
+    prefix = official_prefix(state)
+    if prefix is None or not _has_stem(state, prefix):
+        return None
+    conv = prefix + "embedding.stem.conv.weight"
+    return "sparse-conv" if any(_strip_module(k) == conv for k in state) else "linear"
+
+
+def official_input_rules(state: Mapping[str, Any]) -> tuple[dict[str, str], str] | None:
+    """(input rules, family name) of an official PTv3 checkpoint; None if `state` is not one."""
+    stem = official_stem(state)
+    return None if stem is None else (dict(OFFICIAL_INPUT_RULES[stem]), FAMILY_NAMES[stem])
 
 
 def is_official_ptv3(state: Mapping[str, Any]) -> bool:

@@ -23,6 +23,11 @@ from pc3d.ops.scatter import scatter_max, scatter_mean
 from pc3d.ops.serialization import ORDERS, encode
 
 MAX_DEPTH = 16  # serialisation bits per axis (PTv3's limit)
+# how a pooled level picks its serialisation depth, per checkpoint family: "own" = bit length of its own largest
+# cell + 1 (Sonata / PTv3 v3m2 re-serialise every pooled level from scratch), "parent" = the parent's depth - 1
+# (PTv3 v3m1 shifts the parent's codes by 3 bits). The two differ by one exactly when the parent's largest cell is
+# 2^(k+1) - 2; Hilbert codes depend on the depth, so the orders, hence the attention patches, change with the rule.
+POOLED_DEPTH_RULES: tuple[str, ...] = ("own", "parent")
 
 
 # ----------------------------------------------------------------------------- the point structure
@@ -38,11 +43,12 @@ class Point:
     feat: Tensor  # (N,C)
     orders: Tensor | None = None  # (O,N) serialised position -> point index, one row per curve
     inverses: Tensor | None = None  # (O,N) point index -> serialised position
+    codes: Tensor | None = None  # (O,N) int64 curve codes (batch in the high bits), rows as `orders`
     sparse: SparseConvTensor | None = None  # sparse tensor over (batch, grid_coord), shared by the CPEs
     parent: Point | None = None  # the finer level this one was pooled from
     pooling_inverse: Tensor | None = None  # (N_parent,) which point of this level each parent point joined
     extras: dict[str, Tensor] = field(default_factory=dict)  # per-point values pooled by mean (origin_coord)
-    depth: int | None = None  # serialisation bits per axis; a pooled level carries its parent's minus one
+    depth: int | None = None  # serialisation bits per axis; None = from this level's own extent
 
     @property
     def num_scenes(self) -> int:
@@ -63,14 +69,16 @@ def voxelize(coord: Tensor, feat: Tensor, batch: Tensor, grid_size: float,
 
 
 def serialize(point: Point, orders: tuple[str, ...], shuffle: bool) -> Point:
-    """Codes of every curve, the serialised order (argsort) and its inverse; `shuffle` permutes the curves."""
+    """Codes of every curve, the serialised order (argsort) and its inverse; `shuffle` permutes the curves.
+
+    Codes are unique within a level (one point per cell), so the argsort is the same whatever sort is used."""
     if point.grid_coord.numel() == 0:
         raise InputError("serialize: no points")
     names = list(orders)
     if shuffle:
         names = [names[i] for i in torch.randperm(len(names)).tolist()]
-    # PTv3: the input level's depth comes from its extent; pooled levels take the parent's depth - 1 (its codes
-    # shifted by 3 bits), which is one less than recomputing whenever the max cell is 2^k - 2
+    # the input level's depth comes from its extent; a pooled level arrives with a depth only under the "parent"
+    # rule (see POOLED_DEPTH_RULES)
     depth = point.depth or max(int(point.grid_coord.max() + 1).bit_length(), 1)
     if depth > MAX_DEPTH:
         raise InputError(f"serialize: the scene spans {int(point.grid_coord.max()) + 1} cells per axis, more "
@@ -79,7 +87,7 @@ def serialize(point: Point, orders: tuple[str, ...], shuffle: bool) -> Point:
     order = torch.argsort(codes, dim=1)
     inverse = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
                                               .expand_as(order).contiguous())
-    return replace(point, orders=order, inverses=inverse, depth=depth)
+    return replace(point, orders=order, inverses=inverse, codes=codes, depth=depth)
 
 
 def sparse_tensor(point: Point) -> SparseConvTensor:
@@ -252,12 +260,26 @@ class Block(nn.Module):
         return point
 
 
-class GridPooling(nn.Module):
-    """Cells of twice the size: feat = segment-max of Linear(feat), coord / extras = segment-mean."""
+def pooled_depth_rule(rule: str | None, stem: str) -> str:
+    """The pooled-level depth rule; None = that of the family whose stem the encoder has (linear: Sonata, own
+    depth; sparse-conv: PTv3 v3m1, parent's depth - 1)."""
+    if rule is None:
+        return "own" if stem == "linear" else "parent"
+    if rule not in POOLED_DEPTH_RULES:
+        raise InputError(f"PTv3: pooled_depth must be one of {', '.join(POOLED_DEPTH_RULES)}, got {rule!r}")
+    return rule
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 2, norm: str = "layer") -> None:
+
+class GridPooling(nn.Module):
+    """Cells of twice the size: feat = segment-max of Linear(feat), coord / extras = segment-mean.
+
+    `depth_rule` says how the pooled level will be serialised (POOLED_DEPTH_RULES)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2, norm: str = "layer",
+                 depth_rule: str = "parent") -> None:
         super().__init__()
         self.stride = stride
+        self.depth_rule = pooled_depth_rule(depth_rule, "")
         self.proj = nn.Linear(in_channels, out_channels)
         self.norm = make_norm(norm, out_channels)
         self.act = nn.GELU()
@@ -271,7 +293,7 @@ class GridPooling(nn.Module):
         return Point(coord=scatter_mean(point.coord, cells.inverse, 0, n), grid_coord=cells.cell_coord,
                      batch=cells.cell_batch, feat=self.act(self.norm(feat)), parent=point,
                      pooling_inverse=cells.inverse, extras=extras,
-                     depth=max(point.depth - 1, 1) if point.depth else None)
+                     depth=max(point.depth - 1, 1) if point.depth and self.depth_rule == "parent" else None)
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -291,14 +313,15 @@ class PTv3Encoder(nn.Module):
 
     The defaults are Sonata's encoder (Linear + LayerNorm + GELU stem, LayerNorm pooling, no layer scale);
     `stem="sparse-conv"` with `down_norm="batch"` is Pointcept's PTv3 v3m1 (k5 sparse-conv stem, BatchNorm in
-    the stem and the pooling), so either family of official checkpoints maps onto this module."""
+    the stem and the pooling), so either family of official checkpoints maps onto this module. `pooled_depth`
+    (POOLED_DEPTH_RULES; None: the stem's family) is how pooled levels are serialised."""
 
     def __init__(self, in_channels: int = 9, depths: tuple[int, ...] = (3, 3, 3, 12, 3),
                  channels: tuple[int, ...] = (48, 96, 192, 384, 512), heads: tuple[int, ...] = (3, 6, 12, 24, 32),
                  patch_size: int = 1024, mlp_ratio: float = 4.0, drop_path: float = 0.3,
                  orders: tuple[str, ...] = ORDERS, shuffle_orders: bool = True, mask_token: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, stem: str = "linear", down_norm: str = "layer",
-                 layer_scale: float | None = None) -> None:
+                 layer_scale: float | None = None, pooled_depth: str | None = None) -> None:
         super().__init__()
         if not len(depths) == len(channels) == len(heads):
             raise InputError("PTv3: depths, channels and heads must have one entry per stage")
@@ -310,6 +333,7 @@ class PTv3Encoder(nn.Module):
         if stem not in ("linear", "sparse-conv"):
             raise InputError(f"PTv3: stem must be 'linear' or 'sparse-conv', got {stem!r}")
         self.stem = stem
+        self.pooled_depth = pooled_depth_rule(pooled_depth, stem)
         if stem == "linear":
             self.embedding: nn.Module = nn.Sequential(nn.Linear(in_channels, channels[0]),
                                                       make_norm(down_norm, channels[0]), nn.GELU())
@@ -324,11 +348,18 @@ class PTv3Encoder(nn.Module):
         done = 0
         for s, (depth, width, head) in enumerate(zip(depths, channels, heads, strict=True)):
             if s:
-                self.pools.append(GridPooling(channels[s - 1], width, norm=down_norm))
+                self.pools.append(GridPooling(channels[s - 1], width, norm=down_norm, depth_rule=self.pooled_depth))
             self.stages.append(nn.ModuleList(
                 Block(width, head, patch_size, mlp_ratio, rates[done + i], i, f"stage{s}", attn_drop, proj_drop,
                       layer_scale) for i in range(depth)))
             done += depth
+
+    def set_pooled_depth(self, rule: str | None) -> None:
+        """Switch the pooled-level depth rule (None: the stem family's); it has no weights, so a built or loaded
+        encoder can follow the rule of the checkpoint it holds."""
+        self.pooled_depth = pooled_depth_rule(rule, self.stem)
+        for pool in self.pools:
+            pool.depth_rule = self.pooled_depth
 
     def _prepare(self, point: Point) -> Point:
         point = serialize(point, self.orders, self.shuffle_orders and self.training)

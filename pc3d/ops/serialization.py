@@ -11,7 +11,8 @@ bit i of word 0 / 1 / 2 lands at position 3i+2 / 3i+1 / 3i (word 0 is the most s
 Official PTv3/Sonata weights only see the same points inside an attention patch if these codes match PTv3's
 exactly; tests/test_ops_serialization.py checks them against a loop-based reference and hand-computed values.
 Note the Hilbert curve (unlike Morton) depends on `depth` itself, not only on the coordinates: callers must use
-PTv3's depth (bit length of max grid coordinate + 1 at the first level, one less per stride-2 pooling).
+the checkpoint family's depth (bit length of max grid coordinate + 1 at the first level; at a pooled level the
+same of its own cells for Sonata / PTv3 v3m2, the parent's depth - 1 for PTv3 v3m1; see pc3d.models.ptv3).
 """
 
 from __future__ import annotations
