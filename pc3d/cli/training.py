@@ -117,7 +117,7 @@ Examples:
 
   pc3d pretrain point-mae --preset quickstart --set train.epochs=1
   pc3d pretrain point-mae --preset quickstart --print-config
-  pc3d pretrain point-mode --gpus 8
+  pc3d pretrain point-mode --gpus 8 --set object.weights=pretrain.pth
   pc3d pretrain point-mae --preset quickstart --resume auto
   torchrun --nnodes 2 --nproc-per-node 8 -m pc3d pretrain pointins
 """

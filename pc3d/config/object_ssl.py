@@ -35,7 +35,23 @@ class ObjectDataConfig(DataConfig):
     scan_variant: Literal["obj_bg", "obj_only", "pb_t50_rs"] = Field(
         "pb_t50_rs", description="ScanObjectNN split (OBJ-BG, OBJ-ONLY, PB-T50-RS)")
     synthetic_test_count: int = Field(32, ge=1, description="test samples generated when source=synthetic")
-    augment: bool = Field(True, description="random per-axis scale [2/3,3/2] + translate [-0.2,0.2]")
+    augment: bool = Field(True, description="training: random per-axis scale [2/3,3/2] + translate [-0.2,0.2] "
+                          "(part segmentation: one scale U[0.8,1.25] per cloud + shift [-0.1,0.1], as Point-MAE's "
+                          "segmentation/main.py)")
+    rotation: Literal["none", "up"] = Field("none", description="training: rotate each cloud about `up_axis` by "
+                                            "U[0, 2 pi) (ACT / ReCon PointcloudRotate; Point-MoDE's ScanObjectNN "
+                                            "recipe); applied after `augment`")
+    up_axis: Literal["x", "y", "z"] = Field("y", description="gravity axis of the files (ScanObjectNN h5, "
+                                            "ModelNet40, ShapeNet are y-up)")
+    fps_pool: int | None = Field(None, ge=16, description="read this many FPS points per cloud; training and "
+                                 "every test vote draw a random `num_points` of them, single-pass tests take "
+                                 "the first `num_points` (= FPS to num_points). Point-MAE ModelNet40: 1200")
+
+    @model_validator(mode="after")
+    def _pool_exceeds_points(self) -> ObjectDataConfig:
+        if self.fps_pool is not None and self.fps_pool <= self.num_points:
+            raise ValueError(f"data.fps_pool {self.fps_pool} must exceed data.num_points {self.num_points}")
+        return self
 
 
 class PretrainPreset(PresetBase):
@@ -77,8 +93,9 @@ class GeoMask3DPreset(PretrainPreset):
     loss_switch_epoch: int = Field(15, ge=0, description="from this epoch use `late_weights`")
     late_weights: tuple[float, float] = Field((13.889, 1000.0), description="(feature, chamfer) weights")
     drc_weight: float = Field(1.0, ge=0)
-    cd_grad: bool = Field(True, description="let the Chamfer term train the student (paper); the released "
-                                           "code stops this gradient (false)")
+    cd_grad: bool = Field(False, description="let the Chamfer term train the student through the frozen "
+                          "teacher decoder (true); the released code computes it under no_grad, so the published "
+                          "numbers come from false")
     teacher: KDTeacherConfig = Field(default_factory=KDTeacherConfig)
 
     @model_validator(mode="after")
@@ -109,7 +126,10 @@ class FinetunePreset(PresetBase):
 class ClassificationPreset(FinetunePreset):
     entry: ClassVar[str] = "pc3d.methods.object_finetune:run_classification"
     method: Literal["object-cls"] = "object-cls"
-    votes: int = Field(10, ge=0, description="test-time votes (random scale-and-translate); 0 = none")
+    votes: int = Field(10, ge=0, description="test-time votes (random scale-and-translate, and a fresh draw "
+                       "from the FPS pool when data.fps_pool is set); 0 = none")
+    vote_rounds: int = Field(1, ge=1, description="independent voting rounds; test_metrics.json lists each "
+                             "round's OA (Point-MAE's test_net reports the best of 299 rounds)")
 
 
 @register_schema
@@ -129,6 +149,13 @@ class PartSegPreset(FinetunePreset):
     method: Literal["object-partseg"] = "object-partseg"
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=300, batch_size=16,
                                                                    best_metric="miou_instance"))
+
+    @model_validator(mode="after")
+    def _no_pool(self) -> PartSegPreset:
+        # every point carries a label to predict, so the clouds cannot be subsampled per step
+        if self.data.fps_pool is not None:
+            raise ValueError("data.fps_pool applies to classification only; part segmentation reads num_points")
+        return self
 
 
 @register_schema

@@ -44,7 +44,9 @@ class ObjectExpertConfig(BackboneConfig):
     """The shared object expert: a Point-MAE (official sizes by default)."""
 
     weights: str | None = Field(None, description="initialise from a Point-MAE checkpoint: official pretrain.pth, "
-                                                  "a pc3d point-mae/geomask3d run, or hf://owner/repo[/file]")
+                                                  "a pc3d point-mae/geomask3d run, or hf://owner/repo[/file]; "
+                                                  "'none' = from scratch on purpose (Point-MoDE Table 7 'Scratch'). "
+                                                  "Point-MoDE pretraining refuses to start while it is unset")
     mask_ratio: float = Field(0.6, gt=0, lt=1)
     loss: Literal["cdl2", "cdl1"] = "cdl2"
 
@@ -54,7 +56,9 @@ class BlockConfig(StrictModel):
 
     count: int = Field(32, ge=1, description="blocks per scene (K_o)")
     points: int = Field(2048, ge=8, description="points per block (N_o)")
-    rotation: Literal["so3", "z", "none"] = Field("so3", description="random rotation of each normalised block")
+    rotation: Literal["so3", "z", "none"] = Field("z", description="random rotation of each normalised block: "
+                                                  "about the up (z) axis by U[0, 2 pi) - Point-MoDE section 4.1 "
+                                                  "'simple rotation' - or uniform over SO(3)")
     centre: Literal["mean", "bbox"] = Field("mean", description="box-target centre: mean of the block's points "
                                                                "(paper) or the middle of its extent")
 
@@ -111,14 +115,24 @@ class PointMoDEPreset(PresetBase):
     blocks: BlockConfig = Field(default_factory=BlockConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)
+    queries: int | None = Field(None, ge=1, description="decoder queries; null = blocks.count. Query j carries "
+                                "block j mod K (features and box target): section 3.2 replicates the block "
+                                "features when queries and blocks differ")
     scene_rotation: Literal["z", "none"] = Field("z", description="random rotation of each scene about z")
     object_lr_scale: float = Field(1.0, gt=0, description="object-expert lr = optim.lr x this")
     data: SceneDataConfig = Field(default_factory=SceneDataConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-4, weight_decay=0.1, warmup_epochs=10))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=200, batch_size=8))
 
+    @property
+    def num_queries(self) -> int:
+        return self.queries if self.queries is not None else self.blocks.count
+
     @model_validator(mode="after")
     def _sizes_fit(self) -> PointMoDEPreset:
+        if self.queries is not None and self.queries < self.blocks.count:
+            raise ValueError(f"queries {self.queries} is below blocks.count {self.blocks.count}: every block needs "
+                             "a query (section 3.2 replicates blocks to fill extra queries, it never drops one)")
         if self.blocks.points > self.data.num_points:
             raise ValueError(f"blocks.points {self.blocks.points} exceeds data.num_points {self.data.num_points}")
         if self.object.num_groups > self.blocks.points or self.object.group_size > self.blocks.points:
@@ -135,7 +149,13 @@ class AugmentConfig(StrictModel):
     rotate_degrees: float = Field(5.0, ge=0, description="rotation about z by U(-a, a), boxes refitted")
     cuboid_crop: bool = Field(True, description="RandomCuboid crop (3DETR)")
     crop_size: tuple[float, float] = Field((0.5, 1.0), description="crop side / scene extent, per axis")
-    crop_min_points: float = Field(0.6, gt=0, le=1, description="a crop keeps at least this share of the points")
+    crop_min_points: int = Field(30_000, ge=0, description="a crop keeps at least this many points (3DETR ScanNet: "
+                                 "30000, counted before the 40k subsample)")
+    crop_min_share: float = Field(0.0, ge=0, le=1, description="... and at least this share of the scene's points "
+                                  "(for small scenes, where a point count means little)")
+    crop_attempts: int = Field(100, ge=1, description="cuboids tried before the scene is left uncropped")
+    crop_aspect: float = Field(0.8, ge=0, le=1, description="a crop is tried only if one of its xy / xz / yz side "
+                               "ratios (min/max) is at least this (3DETR check_aspect); 0 = no check")
 
 
 class DetectConfig(StrictModel):

@@ -34,7 +34,7 @@ from pc3d.models.point_mae import (
     PointMAEPartSeg,
     step_generator,
 )
-from pc3d.ops.transforms import scale_and_translate
+from pc3d.ops.transforms import AXES, rotate_about_up, scale_and_translate
 
 
 def encoder_report(model: torch.nn.Module, weights: dict[str, Tensor]) -> dict[str, Any]:
@@ -55,6 +55,31 @@ PARTSEG_PARTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# ------------------------------------------------------------------------------------ augmentation
+
+
+def draw_from_pool(points: Tensor, num_points: int, generator: torch.Generator) -> Tensor:
+    """(B,P,3) -> (B,num_points,3): a random subset (no repeats) per cloud, the pool's order kept.
+
+    Point-MAE's finetuning (runner_finetune.py) FPS-samples 1200 points and takes a random 1024 of them
+    at every training step and in every test vote; the pool here is that FPS set, read once."""
+    b, pool = points.shape[:2]
+    if pool <= num_points:
+        return points
+    keys = torch.rand(b, pool, generator=generator)
+    pick = keys.argsort(dim=1)[:, :num_points].sort(dim=1).values.to(points.device)
+    return points.gather(1, pick.unsqueeze(-1).expand(-1, -1, points.shape[-1]))
+
+
+def augment_cloud(points: Tensor, data: Any, generator: torch.Generator) -> Tensor:
+    """Training augmentation of a batch by the preset: scale-and-translate and/or the up-axis rotation."""
+    if data.augment:
+        points = scale_and_translate(points, generator)
+    if getattr(data, "rotation", "none") == "up":
+        points = rotate_about_up(points, generator, AXES[data.up_axis])
+    return points
+
+
 # ------------------------------------------------------------------------------------ classification
 
 
@@ -65,19 +90,29 @@ class ObjectClassification(Method):
         self.num_classes = num_classes
         self.model = PointMAEClassifier(num_classes, m.dim, m.depth, m.heads, m.drop_path, m.num_groups,
                                         m.group_size, config.head.dropout)
+        self.data = config.data
         self.augment = config.data.augment
+        self.num_points = config.data.num_points  # what the network sees; the reader may hold a larger FPS pool
         self.label_smoothing = config.head.label_smoothing
 
     def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
-        points = scale_and_translate(batch["points"], step_generator()) if self.augment else batch["points"]
+        generator = step_generator()
+        points = draw_from_pool(batch["points"], self.num_points, generator)
+        points = augment_cloud(points, self.data, generator)
         logits = self.model(points)
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
         accuracy = (logits.argmax(dim=-1) == batch["label"]).float().mean()
         return {"cross_entropy": loss, "metric/acc": accuracy.detach()}
 
+    def single_pass_points(self, points: Tensor) -> Tensor:
+        """The un-voted test input: the pool's first num_points, i.e. FPS to num_points (Point-MAE's
+        validate: misc.fps(points, npoints)), since FPS from the same start point is prefix-consistent."""
+        return points[:, : self.num_points]
+
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"pred": self.model(batch["points"]).argmax(dim=-1), "label": batch["label"]}
+        logits = self.model(self.single_pass_points(batch["points"]))
+        return {"pred": logits.argmax(dim=-1), "label": batch["label"]}
 
     def validation_epoch_end(self, outputs: list[dict]) -> dict[str, float]:
         from pc3d.metrics.classification import classification_metrics
@@ -94,10 +129,12 @@ class ObjectClassification(Method):
 
     @torch.no_grad()
     def vote_logits(self, points: Tensor, votes: int, generator: torch.Generator) -> Tensor:
-        """(V, B, C) logits of `votes` random scale-and-translate copies (Point-MAE's voting test)."""
+        """(V, B, C) logits of `votes` copies, each a fresh random draw from the FPS pool (when the reader
+        holds one) under a random scale-and-translate (Point-MAE's validate_vote / test_vote)."""
         out = []
         for _ in range(votes):
-            out.append(self.model(scale_and_translate(points, generator=generator)))
+            drawn = draw_from_pool(points, self.num_points, generator)
+            out.append(self.model(scale_and_translate(drawn, generator=generator)))
         return torch.stack(out)
 
 
@@ -105,7 +142,7 @@ def build_classification(config: Any, rank: int) -> Any:
     from pc3d.data.readers.objects import classification_sets
     from pc3d.engine.trainer import TrainingSetup
 
-    train, test, num_classes = classification_sets(config.data, config.run.seed)
+    train, test, num_classes = classification_sets(reader_data(config.data), config.run.seed)
     train, test, num_classes = _fewshot_fold(config, train, test, num_classes)
     torch.manual_seed(config.run.seed)
     method = ObjectClassification(config, num_classes)
@@ -116,27 +153,44 @@ def build_classification(config: Any, rank: int) -> Any:
     return TrainingSetup(method=method, train_set=train, val_set=test)
 
 
+def reader_data(data: Any) -> Any:
+    """The data section the readers get: `fps_pool` points per cloud when the preset asks for a pool."""
+    pool = getattr(data, "fps_pool", None)
+    return data.model_copy(update={"num_points": pool}) if pool else data
+
+
 @torch.no_grad()
 def evaluate_classifier(method: ObjectClassification, test: Dataset, votes: int, batch_size: int,
-                        seed: int = 0) -> dict[str, Any]:
-    """Single-pass and (votes > 0) voted OA / mAcc / per-class accuracy on `test`."""
+                        seed: int = 0, rounds: int = 1) -> dict[str, Any]:
+    """Single-pass and (votes > 0) voted OA / mAcc / per-class accuracy on `test`.
+
+    Votes are combined by their mean logits (Point-MAE). With rounds > 1 the voting is repeated with fresh
+    draws: "vote" stays the first round, "vote_rounds_oa" lists every round's OA and "vote_best_oa" their
+    maximum, which is what Point-MAE's test_net prints (a best-of-N over the test split, so not the
+    headline pc3d reports)."""
     from pc3d.metrics.classification import aggregate_votes, classification_metrics
 
     method.eval()
     device = next(method.parameters()).device
     generator = torch.Generator().manual_seed(seed)  # transforms draw on the CPU
-    preds, labels, voted = [], [], []
+    preds, labels, clouds = [], [], []
     for batch in DataLoader(test, batch_size=batch_size, shuffle=False):
         points = batch["points"].to(device)
-        preds.append(method.model(points).argmax(dim=-1).cpu())
+        preds.append(method.model(method.single_pass_points(points)).argmax(dim=-1).cpu())
         labels.append(batch["label"])
-        if votes:
-            voted.append(method.vote_logits(points, votes, generator).cpu())
+        clouds.append(points)
     gt = torch.cat(labels).numpy()
-    result = {"single": classification_metrics(torch.cat(preds).numpy(), gt, method.num_classes)}
+    result: dict[str, Any] = {"single": classification_metrics(torch.cat(preds).numpy(), gt, method.num_classes)}
     if votes:
-        vote_pred = aggregate_votes(torch.cat(voted, dim=1).numpy(), "mean_logits")
-        result["vote"] = classification_metrics(vote_pred, gt, method.num_classes)
+        round_metrics = []
+        for _ in range(rounds):
+            voted = torch.cat([method.vote_logits(points, votes, generator).cpu() for points in clouds], dim=1)
+            vote_pred = aggregate_votes(voted.numpy(), "mean_logits")
+            round_metrics.append(classification_metrics(vote_pred, gt, method.num_classes))
+        result["vote"] = round_metrics[0]
+        if rounds > 1:
+            result["vote_rounds_oa"] = [m["oa"] for m in round_metrics]
+            result["vote_best_oa"] = max(result["vote_rounds_oa"])
     return result
 
 
@@ -161,11 +215,14 @@ def run_classification(request: Any) -> dict[str, Any]:
     config = request.config
     result = fit(request, build_classification)
     method = _trained_method(config, result, build_classification).to(resolve_device(config.run.device))
-    _, test, _ = classification_sets(config.data, config.run.seed)
-    scores = evaluate_classifier(method, test, config.votes, config.train.batch_size, config.run.seed)
+    _, test, _ = classification_sets(reader_data(config.data), config.run.seed)
+    scores = evaluate_classifier(method, test, config.votes, config.train.batch_size, config.run.seed,
+                                 config.vote_rounds)
     summary = {"test_oa": scores["single"]["oa"], "test_macc": scores["single"]["macc"]}
     if "vote" in scores:
         summary.update(test_oa_vote=scores["vote"]["oa"], test_macc_vote=scores["vote"]["macc"])
+    if "vote_best_oa" in scores:
+        summary["test_oa_vote_best"] = scores["vote_best_oa"]
     if result.get("run_dir"):
         write_text_atomic(Path(result["run_dir"]) / "test_metrics.json", json.dumps(scores, indent=2))
     return {**result, **summary}
@@ -239,9 +296,17 @@ class ObjectPartSegmentation(Method):
         super().__init__()
         m = config.model
         self.model = PointMAEPartSeg(50, 16, m.dim, m.depth, m.heads, m.drop_path, m.num_groups, m.group_size)
+        self.augment = config.data.augment
+        self.rotation_axis = AXES[config.data.up_axis] if config.data.rotation == "up" else None
 
     def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
-        logits = self.model(batch["points"], batch["category"])
+        points = batch["points"]
+        generator = step_generator()
+        if self.augment:  # Point-MAE segmentation/main.py: random_scale_point_cloud + shift_point_cloud
+            points = scale_and_translate(points, generator, scale=(0.8, 1.25), shift=0.1, isotropic=True)
+        if self.rotation_axis is not None:
+            points = rotate_about_up(points, generator, self.rotation_axis)
+        logits = self.model(points, batch["category"])
         loss = F.nll_loss(F.log_softmax(logits, dim=-1).reshape(-1, logits.shape[-1]),
                           batch["part_label"].reshape(-1))
         return {"nll": loss}

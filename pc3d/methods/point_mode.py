@@ -5,12 +5,14 @@ Per scene of the batch:
  2. draw K random centres among the scene's points, take each one's N_o nearest points -> blocks P_k;
  3. box target of block k: axis-aligned box of P_k in scene coordinates (centre = mean of the points,
     size = max - min);
- 4. scene-to-object transform of each block: subtract its centroid, scale into [-1, 1], rotate randomly;
+ 4. scene-to-object transform of each block: subtract its centroid, scale into [-1, 1], rotate randomly
+    (about the up axis by default: section 4.1's "simple rotation");
  5. object expert (Point-MAE): hide 60 % of the block's patches, reconstruct them -> L_rec (Chamfer);
  6. f_k = max-pool of the object expert's visible tokens; stop-gradient; projection -> scene width;
  7. scene expert: tokenise + encode the whole scene; decoder queries q_k = proj(f_k) + e_k (query
     position e_k), cross-attending to the scene tokens;
- 8. every decoder layer regresses each block's box (query k <-> block k, no matching needed);
+ 8. every decoder layer regresses each block's box (query j <-> block j mod K, no matching needed; with
+    more queries than blocks the block features and targets are replicated, section 3.2);
  9. L = lambda_1 L_rec + lambda_2 mean over layers and blocks of (1 - GIoU) (+ optional L1 terms).
 
 The ablation switches of the paper's Tables 5/6 are `ablation.*` in the preset.
@@ -26,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pc3d.engine.method import Method, StepState
-from pc3d.errors import InputError
+from pc3d.errors import ConfigError, InputError
 from pc3d.models.point_mae import decode_with_mask_tokens, random_patch_mask, step_generator
 from pc3d.models.point_mode import (
     PointMoDE,
@@ -82,7 +84,7 @@ def object_state(weights: dict[str, Tensor]) -> dict[str, Tensor]:
 class PointMoDEPretraining(Method):
     def __init__(self, config: Any) -> None:
         super().__init__()
-        self.model = PointMoDE(config.scene, config.object, config.blocks.count)
+        self.model = PointMoDE(config.scene, config.object, config.blocks.count, config.num_queries)
         self.blocks = config.blocks
         self.losses = config.loss
         self.ablation = config.ablation
@@ -209,14 +211,36 @@ def build(config: Any, rank: int) -> Any:
     torch.manual_seed(config.run.seed)
     records = scene_records(config.data, "train", config.run.seed)
     method = PointMoDEPretraining(config)
-    if config.object.weights:
+    if object_weights(config) is not None:
         from pc3d.engine.checkpoint import load_weights
 
         method.load_object_expert(load_weights(config.object.weights), config.object.weights)
     return TrainingSetup(method=method, train_set=ScenePoints(records, config.data.num_points))
 
 
+SCRATCH = "none"
+
+
+def object_weights(config: Any) -> str | None:
+    """The object-expert checkpoint to start from, or None for the deliberate from-scratch run."""
+    weights = config.object.weights
+    return None if weights is None or weights.strip().lower() == SCRATCH else weights
+
+
+def check_object_init(config: Any, request: Any) -> None:
+    """Section 3.2 starts the object expert from a ShapeNet Point-MAE; a run that says nothing about it would
+    silently be Table 7's 'Scratch' row, so it must name its weights or ask for scratch explicitly."""
+    ab = config.ablation
+    uses_object = ab.object_reconstruction or (ab.scene_regression and ab.joint_projection)
+    resuming = request.resume or request.resume_auto or request.resume_checkpoint
+    if uses_object and config.object.weights is None and not request.init_from and not resuming:
+        raise ConfigError("point-mode: the object expert needs initial weights (section 3.2): set "
+                          "object.weights=<official Point-MAE pretrain.pth or a pc3d point-mae run>, or "
+                          f"object.weights={SCRATCH} to train it from scratch (Table 7's Scratch row)")
+
+
 def run(request: Any) -> dict:
     from pc3d.engine.trainer import fit
 
+    check_object_init(request.config, request)
     return fit(request, build)

@@ -57,6 +57,38 @@ def rotate_z_refit(points: np.ndarray, boxes: np.ndarray, angle: float) -> tuple
     return points.astype(np.float32), boxes
 
 
+def crop_aspect_ok(fraction: np.ndarray, aspect: float) -> bool:
+    """3DETR check_aspect: some pair of sides (xy, xz or yz) has min/max ratio >= aspect."""
+    pairs = ((0, 1), (0, 2), (1, 2))
+    return any(min(fraction[i], fraction[j]) / max(fraction[i], fraction[j]) >= aspect for i, j in pairs)
+
+
+def random_cuboid(points: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
+                  aug: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """3DETR's RandomCuboid (utils/random_cuboid.py): up to `crop_attempts` cuboids with sides U[crop_size] of the
+    scene extent, centred on a random point; one passes when its sides satisfy the aspect check, it holds at
+    least crop_min_points (and crop_min_share) points, and some box centre lies within the cropped points'
+    min/max ("center" box filter). Returns (point mask, box mask), or None: the scene stays whole."""
+    extent = points.max(axis=0) - points.min(axis=0)
+    need = max(aug.crop_min_points, aug.crop_min_share * len(points))
+    for _ in range(aug.crop_attempts):
+        fraction = rng.uniform(*aug.crop_size, size=3)
+        if aug.crop_aspect > 0 and not crop_aspect_ok(fraction, aug.crop_aspect):
+            continue
+        centre = points[rng.integers(len(points))]
+        half = extent * fraction / 2
+        inside = ((points >= centre - half) & (points <= centre + half)).all(axis=1)
+        if inside.sum() < need or not inside.any():
+            continue
+        if not len(boxes):  # no ground truth to lose (3DETR keeps such a crop too)
+            return inside, np.zeros(0, bool)
+        low, high = points[inside].min(axis=0), points[inside].max(axis=0)
+        keep = ((boxes[:, :3] >= low) & (boxes[:, :3] <= high)).all(axis=1)
+        if keep.any():
+            return inside, keep
+    return None
+
+
 class DetectionScenes(Dataset):
     """Scenes as fixed-size samples: points (N,3), colors (N,3) normalised, boxes padded to `max_boxes`."""
 
@@ -96,17 +128,10 @@ class DetectionScenes(Dataset):
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         aug = self.augment
         if aug.cuboid_crop:
-            low, high = points.min(axis=0), points.max(axis=0)
-            for _ in range(10):  # RandomCuboid: a crop that keeps enough points and at least one box centre
-                side = (high - low) * rng.uniform(*aug.crop_size, size=3)
-                centre = points[rng.integers(len(points))]
-                inside = (np.abs(points - centre) <= side / 2).all(axis=1)
-                if inside.sum() < aug.crop_min_points * len(points):
-                    continue
-                keep = (np.abs(boxes[:, :3] - centre) <= side / 2).all(axis=1) if len(boxes) else np.zeros(0, bool)
-                if keep.any():
-                    points, colors, boxes, labels = points[inside], colors[inside], boxes[keep], labels[keep]
-                    break
+            crop = random_cuboid(points, boxes, rng, aug)
+            if crop is not None:
+                inside, keep = crop
+                points, colors, boxes, labels = points[inside], colors[inside], boxes[keep], labels[keep]
         if aug.flip:
             for axis in (0, 1):
                 if rng.random() < 0.5:

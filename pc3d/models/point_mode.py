@@ -63,13 +63,18 @@ def to_object_view(blocks: Tensor, rotation: str, generator: torch.Generator) ->
         return unit
     lead = unit.shape[:-2]
     count = int(torch.tensor(lead).prod()) if lead else 1
-    mats = torch.stack([random_rotation(generator, rotation) for _ in range(count)]).to(unit)
+    # drawn in float64 so float64 blocks rotate exactly rigidly; float32 blocks round the same as before
+    mats = torch.stack([random_rotation(generator, rotation, torch.float64) for _ in range(count)]).to(unit)
     flat = unit.reshape(count, -1, 3)
     return torch.bmm(flat, mats.transpose(1, 2)).reshape(unit.shape)
 
 
 def replicate_to(features: Tensor, count: int) -> Tensor:
-    """(B,K,C) -> (B,count,C) by cycling over the K entries (block features when queries != blocks)."""
+    """(B,K,C) -> (B,count,C) by cycling over the K entries: entry j is entry j mod K.
+
+    Point-MoDE section 3.2: "the number of point blocks and queries often differ, we replicate B_g to match
+    all queries". Block features and block-box targets both go through this, so query j is always paired
+    with block j mod K."""
     k = features.shape[1]
     index = torch.arange(count, device=features.device) % k
     return features[:, index]
@@ -155,17 +160,18 @@ def box_head(dim: int, out: int, dropout: float) -> nn.Sequential:
 class PointMoDE(nn.Module):
     """The pretraining network: both experts, the block projection, query embeddings, block-box heads."""
 
-    def __init__(self, scene_cfg: Any, object_cfg: Any, num_blocks: int) -> None:
+    def __init__(self, scene_cfg: Any, object_cfg: Any, num_blocks: int, num_queries: int | None = None) -> None:
         super().__init__()
         self.scene = SceneExpert(scene_cfg)
         self.object = build_object_expert(object_cfg)
         self.block_projection = nn.Linear(object_cfg.dim, scene_cfg.dim)
-        self.query_embed = nn.Parameter(torch.randn(num_blocks, scene_cfg.dim) * 0.02)
+        # one learnable embedding per query; with more queries than blocks the block features are cycled over them
+        self.query_embed = nn.Parameter(torch.randn(num_queries or num_blocks, scene_cfg.dim) * 0.02)
         self.center_head = box_head(scene_cfg.dim, 3, scene_cfg.head_dropout)
         self.size_head = box_head(scene_cfg.dim, 3, scene_cfg.head_dropout)
 
     def block_queries(self, block_features: Tensor | None, batch: int) -> tuple[Tensor, Tensor]:
-        """tgt = projected block features + e_k (or e_k alone), query_pos = e_k."""
+        """tgt_j = proj(f_{j mod K}) + e_j (or e_j alone), query_pos = e_j, for the Q query embeddings."""
         embed = self.query_embed.unsqueeze(0).expand(batch, -1, -1)
         if block_features is None:
             return embed, embed

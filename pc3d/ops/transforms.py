@@ -11,14 +11,28 @@ from torch import Tensor
 from pc3d.errors import InputError
 from pc3d.ops._common import check_points
 
+AXES: dict[str, int] = {"x": 0, "y": 1, "z": 2}
+
+
+def axis_rotation(angle: float, axis: int = 2, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The (3,3) right-handed rotation by `angle` radians about coordinate axis 0, 1 or 2."""
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis_rotation: axis must be 0, 1 or 2, got {axis!r}")
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [a for a in (0, 1, 2) if a != axis]
+    if axis == 1:  # keep the rotation right-handed about +y: z -> x is the positive direction
+        i, j = j, i
+    mat = torch.eye(3, dtype=torch.float64)
+    mat[i, i], mat[i, j], mat[j, i], mat[j, j] = c, -s, s, c
+    return mat.to(dtype)
+
 
 def random_rotation(generator: torch.Generator, mode: Literal["so3", "z"] = "so3",
                     dtype: torch.dtype = torch.float32) -> Tensor:
     """A random rotation matrix (3,3): uniform over SO(3), or about the z axis by a uniform angle."""
     if mode == "z":
         angle = float(torch.rand((), generator=generator, dtype=torch.float64)) * 2 * math.pi
-        c, s = math.cos(angle), math.sin(angle)
-        return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=dtype)
+        return axis_rotation(angle, 2, dtype)
     if mode != "so3":
         raise InputError(f"random_rotation: mode must be 'so3' or 'z', got {mode!r}")
     # A normalised 4-D Gaussian is a uniform unit quaternion, hence a uniform rotation.
@@ -48,12 +62,36 @@ def _per_cloud(xyz: Tensor, generator: torch.Generator, low: float, high: float)
 
 
 def scale_and_translate(xyz: Tensor, generator: torch.Generator, scale: tuple[float, float] = (2 / 3, 3 / 2),
-                        shift: float = 0.2) -> Tensor:
-    """Point-MAE PointcloudScaleAndTranslate: x * U[scale] + U[-shift, shift], per cloud and per axis."""
+                        shift: float = 0.2, isotropic: bool = False) -> Tensor:
+    """Point-MAE PointcloudScaleAndTranslate: x * U[scale] + U[-shift, shift], per cloud and per axis.
+
+    `isotropic`: one scale factor per cloud for all three axes (the part-segmentation recipe's
+    random_scale_point_cloud + shift_point_cloud), the shift stays per axis."""
     check_points(xyz, "scale_and_translate: xyz")
     factor = _per_cloud(xyz, generator, scale[0], scale[1])
+    if isotropic:  # the x draw of each cloud, so the per-axis path keeps its exact random stream
+        factor = factor[..., :1].expand_as(factor)
     offset = _per_cloud(xyz, generator, -shift, shift)
     return xyz * factor + offset
+
+
+def rotate_about_up(xyz: Tensor, generator: torch.Generator, axis: int = 2,
+                    angle_range: tuple[float, float] = (0.0, 2 * math.pi)) -> Tensor:
+    """Rotate each cloud about the gravity axis by its own angle U[angle_range] (radians).
+
+    The "simple rotation" of ACT / ReCon / Point-MoDE's ScanObjectNN recipe (PointcloudRotate: U[0, 2 pi)
+    about the up axis). Points are rotated about the origin, so the coordinate along `axis` and every
+    point's norm are unchanged. xyz (B,N,3) or (N,3)."""
+    check_points(xyz, "rotate_about_up: xyz")
+    batched = xyz.ndim == 3
+    count = xyz.shape[0] if batched else 1
+    low, high = angle_range
+    angles = low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
+    mats = torch.stack([axis_rotation(float(a), axis, torch.float64) for a in angles])
+    mats = mats.to(xyz.dtype).to(xyz.device)
+    if not batched:
+        return xyz @ mats[0].T
+    return torch.bmm(xyz, mats.transpose(1, 2))
 
 
 def jitter(xyz: Tensor, generator: torch.Generator, sigma: float = 0.01, clip: float = 0.05) -> Tensor:
