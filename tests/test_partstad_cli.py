@@ -57,6 +57,7 @@ def test_segment_oracle_boxes_give_high_miou(cli, objects, tmp_path):
     assert result.code == 0, result.err
     summary = json.loads(result.out)
     assert summary["weighting"] == "none"  # no weights given: PartSLIP voting
+    assert summary["box_weights"] == "partslip-voting" and summary["weights"] is None
     # measured with region-growing superpoints (the default): 0.743 on this 1024-point chair (cut pursuit: 0.701;
     # at 1024 points it leaves 59% of the points in components of <= 10 points, which PartSLIP's small-component
     # merge hands to ~11 superpoints that straddle parts)
@@ -97,7 +98,9 @@ def test_fewshot_weights_beat_voting_on_noisy_oracle_boxes(cli, tmp_path):
               "--set", "render.image_size=192", "--set", "detector.oracle_label_noise=0.3",
               "--checkpoint", summary["weights"], "--out", tmp_path / "seg", "--json")
     assert seg.code == 0, seg.err
-    assert json.loads(seg.out)["weighting"] == "network"
+    seg_summary = json.loads(seg.out)
+    assert seg_summary["weighting"] == "network"
+    assert seg_summary["box_weights"] == "partstad" and seg_summary["weights"] == summary["weights"]
 
 
 def test_third_party_bars_and_warnings_follow_quiet_and_json(objects, tmp_path):

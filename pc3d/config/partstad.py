@@ -24,6 +24,9 @@ class RenderConfig(StrictModel):
     distance: float = Field(2.2, gt=0)
     fov: float = Field(60.0, gt=0, lt=180, description="field of view in degrees")
     point_radius: float = Field(0.005, ge=0, description="splat radius in NDC units (1 = half the image)")
+    shading: Literal["headlight", "flat"] = Field(
+        "headlight", description="clouds without colours: headlight: Lambertian shading by estimated normals, light "
+                                 "at the camera; flat: one grey (a silhouette). Coloured clouds render their colours")
     views: list[tuple[float, float]] = Field(default_factory=lambda: [tuple(v) for v in SPEC_VIEWS],
                                              description="(elevation, azimuth) in degrees, y up")
 
@@ -62,10 +65,11 @@ class SuperpointConfig(StrictModel):
     normal_max_nn: int = Field(30, ge=3)
     knn: int = Field(10, ge=1, description="neighbours per point in the adjacency graph")
     color_weight: float = Field(0.3, ge=0, description="node features = [normal, color_weight * rgb]")
-    method: Literal["cut-pursuit", "region-growing"] = Field(
+    method: Literal["cut-pursuit", "cut-pursuit-py", "region-growing"] = Field(
         "region-growing", description="region-growing: Felzenszwalb-Huttenlocher on PartSLIP's graph (default: "
         "measured better here); cut-pursuit: PartSLIP's L0 cut pursuit, which pc3d's solver runs further than libcp "
-        "and so fragments curved regions (oracle mIoU at 1024 points 0.68 vs 0.73)")
+        "and so fragments curved regions (oracle mIoU at 1024 points 0.68 vs 0.73); cut-pursuit-py: the same "
+        "problem solved by the compiled `cut-pursuit-py` package (pip install cut-pursuit-py==1.0.12)")
     reg: float = Field(0.05, gt=0, description="cut pursuit regularisation strength as PartSLIP passes it to libcp "
                                                "(gen_superpoint.py reg=0.05): larger = fewer, bigger superpoints")
     scale: float = Field(3.0, gt=0, description="region-growing granularity: larger = fewer, bigger superpoints")
