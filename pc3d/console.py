@@ -13,17 +13,43 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 T = TypeVar("T")
 
-console = Console(stderr=True, highlight=False)
-_state = {"quiet": False, "verbose": False}
+# Wide enough for any path or metric line; only used when stderr is a file or pipe, where nobody reads at 80 columns.
+LOG_WIDTH = 100_000
 
 
-def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
+class _StderrConsole(Console):
+    """A rich console that folds and cuts nothing when stderr is not a terminal.
+
+    Rich falls back to 80 columns there, so a cluster log got `val/svm_acc` and its value on two lines and
+    tables ended in `…/checkpoints/l…`. Tables still take their natural width (they do not expand)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if not self.is_terminal:
+            return ConsoleDimensions(LOG_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+console = _StderrConsole(stderr=True, highlight=False)
+_state = {"quiet": False, "verbose": False, "lines": True}
+
+
+def set_verbosity(quiet: bool = False, verbose: bool = False, progress_lines: bool | None = None) -> None:
+    """quiet silences status lines and bars; progress lines (training progress, train.log's lines on stderr)
+    follow `progress_lines`, by default the opposite of quiet. The commands pass --json as quiet with
+    progress lines on, so a cluster log shows progress while stdout carries only the JSON object."""
     _state["quiet"] = quiet
     _state["verbose"] = verbose
+    _state["lines"] = not quiet if progress_lines is None else progress_lines
     _third_party_follows()
 
 
@@ -64,6 +90,17 @@ def info(message: str) -> None:
     """A status line for people (stderr); silent under --quiet."""
     if not _state["quiet"]:
         console.print(message)
+
+
+def lines_enabled() -> bool:
+    """Are plain progress lines shown on stderr (not --quiet; also with --json)?"""
+    return _state["lines"]
+
+
+def line(message: str) -> None:
+    """One plain progress line on stderr (no markup, never folded); shown unless --quiet, also with --json."""
+    if _state["lines"]:
+        console.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 def debug(message: str) -> None:

@@ -58,4 +58,16 @@ if stage parts; then
   pc3d segment "$chair" --parts "arm,back,leg,seat" --preset oracle --out "$out/segment"
   pc3d segment "$chair" --parts "arm,seat,leg" --preset tiny-random --out "$out/segment-tiny"
 fi
+
+# the latest run of each name is the one this demo trained (a reused DEMO_OUT keeps older runs too)
+trained=()
+for name in "$runs"/*/; do
+  times=("$name"*/)  # sorted: run folders are named by their start time
+  latest=${times[${#times[@]}-1]}
+  if [ -s "$latest/metrics.jsonl" ]; then trained+=("${latest%/}"); fi
+done
+if ((${#trained[@]})); then
+  say "training curves of the ${#trained[@]} runs in one figure (each run also has its own curves.png)"
+  pc3d plot "${trained[@]}" --out "$out/curves.png"
+fi
 say "done: outputs under $out"

@@ -27,6 +27,16 @@ def _tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _stopped(result, code: int) -> str:
+    """A run stopped mid-training: its progress lines, then one error line last; nothing on stdout."""
+    assert result.code == code, result.err
+    lines = result.err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("pc3d: error: ")]
+    assert errors == [lines[-1]], result.err
+    assert "Traceback" not in result.err and result.out == ""
+    return lines[-1]
+
+
 def _one_line_error(result, code: int = 2) -> str:
     assert result.code == code, result.err
     lines = result.err.strip().splitlines()
@@ -62,7 +72,7 @@ def test_resume_auto_is_requeue_safe_and_bit_identical(cli, tmp_path, monkeypatc
     """The SLURM idiom: the same job line twice; the first starts the run and is preempted, the second finishes it."""
     job = [*JOB, "--out", tmp_path, "--resume", "auto", "--json"]
     _stop_at(monkeypatch, 3)  # step 3 = first step of epoch 2: mid-epoch
-    error = _one_line_error(cli(*job), code=128 + signal.SIGTERM)
+    error = _stopped(cli(*job), code=128 + signal.SIGTERM)
     assert "stopped by SIGTERM at step 3" in error
     runs = list((tmp_path / "point-mae").iterdir())
     assert len(runs) == 1 and (runs[0] / "config.yaml").is_file()  # auto with no run started one
@@ -80,7 +90,7 @@ def test_resume_auto_is_requeue_safe_and_bit_identical(cli, tmp_path, monkeypatc
 
 def test_resume_without_preset_continues_the_runs_own_config(cli, tmp_path, monkeypatch, uninterrupted):
     _stop_at(monkeypatch, 1)
-    _one_line_error(cli(*JOB, "--out", tmp_path), code=128 + signal.SIGTERM)
+    _stopped(cli(*JOB, "--out", tmp_path), code=128 + signal.SIGTERM)
     monkeypatch.undo()
     # no --preset, no --set: the full point-mae preset (ShapeNet folder, 300 epochs) must not come into it
     result = cli("pretrain", "point-mae", "--resume", "--out", tmp_path, "--json")

@@ -18,6 +18,8 @@ from pc3d.cli.catalog import presets_command
 from pc3d.cli.evaluate import eval_command
 from pc3d.cli.inference import detect, pseudolabel, segment
 from pc3d.cli.info import info_command
+from pc3d.cli.plot import plot_command
+from pc3d.cli.predict import predict_command
 from pc3d.cli.resume import rewrite_resume_argv
 from pc3d.cli.training import finetune, pretrain
 from pc3d.errors import EXIT_BAD_INPUT, EXIT_FAILURE, Pc3dError
@@ -25,7 +27,7 @@ from pc3d.errors import EXIT_BAD_INPUT, EXIT_FAILURE, Pc3dError
 app = typer.Typer(
     name="pc3d",
     help="Point-cloud deep learning from the command line: pretrain, finetune, pseudolabel, segment, "
-    "detect, eval. Runs on the embedded synthetic data when no dataset is given. `pc3d presets` lists the "
+    "detect, eval, plot. Runs on the embedded synthetic data when no dataset is given. `pc3d presets` lists the "
     "presets, `pc3d info` prints what a bug report needs.",
     no_args_is_help=True,
     add_completion=False,
@@ -55,6 +57,8 @@ app.command("pseudolabel")(pseudolabel)
 app.command("segment")(segment)
 app.command("detect")(detect)
 app.command("eval")(eval_command)
+app.command("plot")(plot_command)
+app.command("predict")(predict_command)
 app.command("presets")(presets_command)
 app.command("info")(info_command)
 app.add_typer(data_cli.app, name="data")

@@ -57,7 +57,7 @@ def data_overrides(data: Path | None, category: str | None = None) -> list[str]:
 
 
 def setup_output(json_out: bool, quiet: bool, verbose: bool) -> None:
-    set_verbosity(quiet=quiet or json_out, verbose=verbose and not json_out)
+    set_verbosity(quiet=quiet or json_out, verbose=verbose and not json_out, progress_lines=not quiet)
 
 
 def emit(result: dict[str, Any], json_out: bool, title: str = "") -> None:

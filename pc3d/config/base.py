@@ -31,7 +31,8 @@ class RunConfig(StrictModel):
     gpus: int = Field(0, ge=0, description="CUDA worker processes (0 = one process on `device`)")
     nproc: int = Field(1, ge=1, description="worker processes on CPU (gloo); for tests and debugging")
     deterministic: bool = Field(False, description="deterministic kernels (slower; CPU runs are already repeatable)")
-    tensorboard: bool = Field(True, description="also log to TensorBoard when the package is installed")
+    tensorboard: bool | None = Field(None, description="also log to TensorBoard: null = when it is installed, "
+                                     "true = asked for (one line when it cannot be imported), false = never")
 
 
 class OptimConfig(StrictModel):

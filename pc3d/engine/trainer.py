@@ -51,7 +51,7 @@ from pc3d.engine.distributed import (
     plan_topology,
     shutdown_worker,
 )
-from pc3d.engine.logs import MetricSink, TrainProgress, truncate_metrics
+from pc3d.engine.logs import TRAIN_LOG, MetricSink, TrainLog, TrainProgress, truncate_metrics
 from pc3d.engine.method import Method, StepState, has_validation, total_loss
 from pc3d.engine.schedule import WarmupCosine, WeightDecayCosine
 from pc3d.errors import ConfigError, InputError, NotBuiltError, Pc3dError, RuntimeFailure
@@ -90,6 +90,7 @@ class _Plan:
     quiet: bool
     verbose: bool
     error_dir: str | None = None
+    lines: bool = True  # progress lines on stderr (on with --json, off with --quiet); workers have no CLI flags
 
 
 # ---------------------------------------------------------------- entry point
@@ -105,12 +106,12 @@ def fit(request: RunRequest, build: BuildFn) -> dict[str, Any]:
         from pc3d.engine.hub import resolve_weights
 
         request = replace(request, init_from=str(resolve_weights(request.init_from)))
-    quiet, verbose = con.is_quiet(), con.is_verbose()
+    quiet, verbose, lines = con.is_quiet(), con.is_verbose(), con.lines_enabled()
     if topology.mode == "env":
-        result = _worker(_Plan(request, topology, None, None, quiet, verbose), build)
+        result = _worker(_Plan(request, topology, None, None, quiet, verbose, lines=lines), build)
     else:
         run_path, resume_from = _prepare_run(request)
-        plan = _Plan(request, topology, run_path, resume_from, quiet, verbose)
+        plan = _Plan(request, topology, run_path, resume_from, quiet, verbose, lines=lines)
         result = _launch(plan, build) if topology.mode == "launch" else _worker(plan, build)
     if request.push_to_hub and result.get("rank", 0) == 0:
         from pc3d.engine.hub import push_to_hub
@@ -199,7 +200,8 @@ def _launched_worker(plan: _Plan, build: BuildFn) -> dict[str, Any] | None:
 
 def _worker(plan: _Plan, build: BuildFn) -> dict[str, Any]:
     ctx = init_worker(plan.topology)
-    con.set_verbosity(quiet=plan.quiet or not ctx.is_main, verbose=plan.verbose)
+    con.set_verbosity(quiet=plan.quiet or not ctx.is_main, verbose=plan.verbose,
+                      progress_lines=plan.lines and ctx.is_main)
     try:
         trainer = _Trainer(plan, build, ctx)
         result = trainer.run()
@@ -361,7 +363,10 @@ class _Trainer:
         else:
             self.model = self.method
         self.checkpoints = CheckpointFolder(self.run_dir.checkpoints, train.keep_last)
-        self.sink = MetricSink(self.run_dir, cfg.run.tensorboard) if ctx.is_main else None
+        planned = min(self.total_steps, train.max_steps) if train.max_steps else self.total_steps
+        self.progress = TrainProgress(ctx.is_main, TrainLog(self.run_dir.path / TRAIN_LOG) if ctx.is_main else None,
+                                      epochs=train.epochs, total_steps=planned)
+        self.sink = MetricSink(self.run_dir, cfg.run.tensorboard, note=self.progress.note) if ctx.is_main else None
         self.resumed_from = resume_from
         if resume_from:
             self._resume(resume_from)
@@ -390,7 +395,7 @@ class _Trainer:
         if meta.get("sampler", {}).get("world_size", self.ctx.world_size) != self.ctx.world_size \
                 and self.batches_done:
             # positions are per rank; with another worker count, restart the interrupted epoch
-            con.info("resuming with a different number of workers: the interrupted epoch restarts")
+            self.progress.note("resuming with a different number of workers: the interrupted epoch restarts")
             self.batches_done = 0
         ranks = meta.get("rng", [])
         self._pending_rng = ranks[self.ctx.rank] if len(ranks) == self.ctx.world_size else None
@@ -403,9 +408,9 @@ class _Trainer:
                 self.run_dir.save_config_only(self.config.model_dump(mode="json"))
                 self.run_dir.log_metrics({"step": self.step, "epoch": self.epoch, "split": "resume",
                                           "checkpoint": str(checkpoint.path), "changes": changes})
-                con.info("--allow-change: " + ", ".join(f"{k} {v['from']} -> {v['to']}"
-                                                         for k, v in changes.items()))
-        con.info(f"resuming {self.run_dir.path} at epoch {self.epoch + 1}, step {self.step}")
+                self.progress.note("--allow-change: " + ", ".join(f"{k} {v['from']} -> {v['to']}"
+                                                                  for k, v in changes.items()))
+        self.progress.note(f"resuming {self.run_dir.path} at epoch {self.epoch + 1}, step {self.step}")
 
     # ---- checkpoints
 
@@ -509,8 +514,10 @@ class _Trainer:
                 epoch_steps += window_steps
                 elapsed = time.perf_counter() - tic
                 decay = {} if self.wd_schedule is None else {"weight_decay": self.wd_schedule(state.step)}
-                self._log({"step": self.step, "epoch": self.epoch, "lr": state.lr, **decay, **means,
-                           "samples_per_s": window_steps * train.batch_size / max(elapsed, 1e-9)})
+                record = {"step": self.step, "epoch": self.epoch, "lr": state.lr, **decay, **means,
+                          "samples_per_s": window_steps * train.batch_size / max(elapsed, 1e-9)}
+                self._log(record)
+                progress.interval(record)
                 window, window_steps, tic = {}, 0, time.perf_counter()
             signum = self._should_stop(flag)
             if signum:
@@ -538,6 +545,7 @@ class _Trainer:
         path = self._save("rolling")
         name = signal.Signals(signum).name
         where = f"; checkpoint {path}" if path else ""
+        progress.log_only(f"stopped by {name} at step {self.step}{where}")
         raise TrainingInterrupted(f"stopped by {name} at step {self.step}{where}; continue with --resume", signum)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -585,8 +593,12 @@ class _Trainer:
     def run(self) -> dict[str, Any]:
         self._setup()
         train = self.train_cfg
-        progress = TrainProgress(self.ctx.is_main)
+        progress = self.progress
         finished = self.epoch >= train.epochs or bool(train.max_steps and self.step >= train.max_steps)
+        progress.begin(self.step)
+        workers = f"{self.ctx.world_size} process{'es' if self.ctx.world_size > 1 else ''}"
+        progress.note(f"training {self.run_dir.path}: {train.epochs} epoch{'s' if train.epochs > 1 else ''} x "
+                      f"{self.steps_per_epoch} steps, batch {train.batch_size}, {workers} on {self.device.type}")
         try:
             with _SignalFlag() as flag:
                 while not finished:
@@ -607,14 +619,20 @@ class _Trainer:
                         self._save("best")
                     if not finished and self.epoch % train.save_every == 0:
                         self._save("rolling")
-                    shown = self.epoch if completed else f"{self.epoch + 1} (stopped at max_steps)"
-                    con.info(f"epoch {shown}/{train.epochs} step {self.step} "
-                             + " ".join(f"{k} {v:.4g}" for k, v in self.last_metrics.items()))
+                    progress.epoch_end(self.epoch if completed else self.epoch + 1, self.step, self.last_metrics,
+                                       finished, stopped_early=not completed)
+                    if not finished:
+                        progress.curves(self.run_dir)
                 last = self._save("last")
+        except Pc3dError as exc:  # the CLI prints it on stderr; the log keeps how the run ended
+            if not isinstance(exc, TrainingInterrupted):
+                progress.log_only(f"failed: {' '.join(str(exc).split())}")
+            raise
         finally:
             progress.close()
             if self.sink is not None:
                 self.sink.close()
+            progress.curves(self.run_dir, every_s=0)  # also after a failure: the curves show a divergence
         best_path = self.run_dir.checkpoints / "best.json"
         return {
             "rank": self.ctx.rank, "run_dir": str(self.run_dir.path), "epochs": self.epoch, "steps": self.step,

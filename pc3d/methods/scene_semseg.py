@@ -85,6 +85,19 @@ class SceneSegmenter(nn.Module):
         unit = (points - scene.low[:, None]) / extent
         return apply_conv_mlp(self.head, torch.cat([feats, colors, unit], dim=-1))
 
+    def encode_scene(self, points: Tensor, colors: Tensor) -> Any:
+        """The scene tokens of `points` (B,N,3) / `colors` (B,N,3), for `classify` (what `forward` computes first)."""
+        return self.scene.encode(points, colors)
+
+    def classify(self, scene: Any, points: Tensor, colors: Tensor) -> Tensor:
+        """Logits (B,M,C) of any points (B,M,3) of an encoded scene: `forward`'s head, with the queried points
+        free to differ from the encoded ones (`pc3d predict` labels every input point from a sampled encoding).
+        classify(encode_scene(p, c), p, c) equals forward(p, c)."""
+        feats = three_nn_interpolate(points, scene.xyz, scene.features)
+        extent = (scene.high - scene.low).clamp_min(1e-6)[:, None]
+        unit = (points - scene.low[:, None]) / extent
+        return apply_conv_mlp(self.head, torch.cat([feats, colors, unit], dim=-1))
+
 
 class SceneSemseg(Method):
     def __init__(self, config: Any, num_classes: int) -> None:
