@@ -182,7 +182,7 @@ def test_batched_targets_equal_view_by_view(order: str) -> None:
     for v in (0, 1, 3):
         rows = view == v
         x, o, f = coord[rows], offsets[rows], feats[rows]
-        scr_args = (f, 3, 10, 8, 0.5, 4, "predicted", 9 + v)  # the per-view k-means seed is seed + view
+        scr_args = (f, 3, 10, 8, 0.5, 4, cfg.centroid, 9 + v)  # the per-view k-means seed is seed + view
         if order == "odr-scr":
             expected, ok = spatial_clustering_regularization(x, offset_distribution_regularization(o, *prior),
                                                              *scr_args)

@@ -32,6 +32,8 @@ class SuperpointConfig(StrictModel):
     min_samples: int = Field(10, ge=1, description="DBSCAN core-point neighbours (self included)")
     resolution: float = Field(1.0, gt=0, description="BPSS resolution R (m): target count and distance scale")
     k: int = Field(15, ge=2, description="BPSS neighbours for normals and adjacency")
+    # section 3.2 drops superpoints with fewer than 2 points (a single point gives no shape and a degenerate crop)
+    min_points: int = Field(2, ge=1, description="drop superpoints with fewer points than this (paper 3.2: 2)")
 
 
 class FeatureConfig(StrictModel):
@@ -82,7 +84,14 @@ class Affinity3DPseudoLabelPreset(PresetBase):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     affinity: AffinityConfig = Field(default_factory=AffinityConfig)
     visibility: VisibilityConfig = Field(default_factory=VisibilityConfig)
-    confidence: float = Field(0.0, ge=0, lt=1, description="keep a pseudo label only if max refined score > this")
+    confidence: float = Field(0.0, ge=0, lt=1, description="annotation-free: keep a pseudo label only if the max "
+                                                           "refined score (over all classes) > this")
+    # GZS: the candidates are only the 4 unseen classes, so the softmax cannot say "none of them" and max >= 0.25;
+    # 0 (<= 0.25 is the same) assigns every non-seen cluster an unseen class, which is what the paper describes
+    # (section 3: each superpoint takes the argmax of its refined scores; no threshold is given). The summary's
+    # `unscored_points` / `rejected_points` show what that costs (clusters of GT 'unlabeled' points get a class).
+    gzs_threshold: float = Field(0.0, ge=0, lt=1, description="GZS: a non-seen cluster gets an unseen label only if "
+                                                              "its max refined score > this; 0 = always (paper)")
     resume: bool = Field(True, description="skip frames whose label and visibility files exist")
 
 
@@ -92,7 +101,11 @@ class SPVCNNConfig(StrictModel):
     channels: list[int] = Field(default_factory=lambda: [32, 32, 64, 128, 256, 256, 128, 96, 96])
     voxel_size: float = Field(0.05, gt=0)
     dropout: float = Field(0.3, ge=0, lt=1)
-    text_classifier: bool = Field(True, description="logits = scale * normalised features . EMB (CLIP text)")
+    text_classifier: bool = Field(True, description="logits = scale * normalised features . EMB (CLIP text); "
+                                                    "also the per-scale MSFSKD heads (Eqs. 13-14)")
+    head_features: Literal["concat", "last"] = Field(
+        "concat", description="classifier input: concat = the 4 encoder-scale features F_3D^s (MSFSKD's) and the "
+                              "last layer (Eq. 17); last = the last layer only")
 
     @model_validator(mode="after")
     def _nine(self) -> SPVCNNConfig:
@@ -119,6 +132,18 @@ class SegDataConfig(KittiDataConfig):
                                                         "null on synthetic data: run `pseudo_preset` first")
     pseudo_preset: str = Field("affinity3d-oracle", description="pseudolabel preset used when pseudo_labels is null")
     augment: bool = True
+    # section 4.2's augmentation (it replaces 2DPASS's rotation / flips / N(0, 0.1) shift / 20 % dropout)
+    translate: float = Field(0.5, ge=0, description="random shift U[-t, t] per axis (m) (paper 4.2: 0.5)")
+    scale: tuple[float, float] = Field((0.95, 1.05), description="random x, y scaling range (paper 4.2 gives no "
+                                                                 "range: 2DPASS's)")
+    keep_ratio: float = Field(0.7, gt=0, le=1, description="random downsampling: share of the points kept per "
+                                                           "training scan (paper 4.2: 70 %)")
+    image_flip: float = Field(0.5, ge=0, le=1, description="chance of a horizontal image flip")
+    color_jitter: float = Field(0.4, ge=0, lt=1, description="brightness / contrast / saturation jitter strength "
+                                                             "(2DPASS's ColorJitter(0.4, 0.4, 0.4))")
+    # section 4.1 (following TCKZ) scores the front view only: the points inside the camera image
+    eval_front_view: bool = Field(True, description="evaluate on the camera's field of view (paper 4.1); false = "
+                                                    "the full 360-degree scan")
 
 
 @register_schema
@@ -131,7 +156,8 @@ class Affinity3DSegPreset(PresetBase):
     image: Image2DConfig = Field(default_factory=Image2DConfig)
     clip_model: str = Field("hf://openai/clip-vit-base-patch32", description="text encoder of the classifier")
     build_tiny_random: bool = False
-    lovasz_weight: float = Field(1.0, ge=0)
+    lovasz_weight: float = Field(2.0, ge=0, description="alpha of Eq. 19 (alpha Lovasz + weighted CE) on the "
+                                                         "final prediction (paper 4.2: 2.0)")
     tta: int = Field(0, ge=0, description="test-time augmentation passes (flips / rotations); 0 = none")
     eval_convention: Literal["semantickitti", "scannet"] = "semantickitti"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=1e-4, warmup_epochs=1,

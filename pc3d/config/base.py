@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,7 +36,8 @@ class RunConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    """AdamW with linear warm-up then cosine decay, stepped per iteration.
+    """AdamW with linear warm-up (in epochs, or as a share of all iterations) then cosine decay, stepped per
+    iteration.
 
     `weight_decay_end` (null = constant): the decayed groups' weight decay follows a cosine from `weight_decay`
     at the first optimiser iteration to `weight_decay_end` at the last (Sonata / DINOv2: 0.04 -> 0.2), set
@@ -48,10 +49,25 @@ class OptimConfig(StrictModel):
     weight_decay_end: float | None = Field(None, ge=0, description="cosine weight-decay schedule: the value at "
                                            "the last iteration (null = constant weight_decay)")
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = Field(10, ge=0)
+    warmup_epochs: float | None = Field(10, ge=0, description="linear lr warm-up in epochs (fractional allowed); "
+                                        "null = none, or optim.warmup_ratio gives it")
+    warmup_ratio: float | None = Field(None, ge=0, le=1, description="linear lr warm-up as a share of all "
+                                       "iterations (instead of warmup_epochs; e.g. 0.05 = PointINS Table 9)")
     warmup_start_lr: float = Field(1e-6, ge=0)
     min_lr: float = Field(1e-6, ge=0)
     clip_grad: float | None = Field(None, gt=0, description="max global grad norm; null = no clipping")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_warmup(cls, data: Any) -> Any:
+        # a ratio keeps the warm-up's share of training whatever the epoch count; an epoch count next to it
+        # would be silently ignored, so both set is an error and a ratio clears the (default) epoch count
+        if not isinstance(data, dict) or data.get("warmup_ratio") is None:
+            return data
+        if data.get("warmup_epochs") is not None:
+            raise ValueError("optim.warmup_ratio and optim.warmup_epochs are both set: keep one, set the other "
+                             "to null")
+        return {**data, "warmup_epochs": None}
 
     @model_validator(mode="after")
     def _decay_schedule_needs_a_start(self) -> OptimConfig:

@@ -168,8 +168,10 @@ class ScenePretrainPreset(PresetBase):
     model: PTv3Config = Field(default_factory=PTv3Config)
     head: HeadConfig = Field(default_factory=HeadConfig)
     loss: SonataLossConfig = Field(default_factory=SonataLossConfig)
+    # warm-up: PointINS Table 9 "warm-up ratio 0.05" (a share of training, so 3000-epoch S3DIS and 50-epoch
+    # outdoor runs keep it; Sonata's OneCycleLR pct_start 0.05 is the same share)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.004, weight_decay=0.04, weight_decay_end=0.2,
-                                                                   warmup_epochs=40, clip_grad=3.0, min_lr=1e-6))
+                                                                   warmup_ratio=0.05, clip_grad=3.0, min_lr=1e-6))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=800, batch_size=16, ema_momentum=0.994))
     data: ScenePretrainDataConfig = Field(default_factory=ScenePretrainDataConfig)
 
@@ -216,7 +218,12 @@ class OffsetConfig(StrictModel):
     odr: bool = Field(True, description="offset distribution regularisation")
     scr: bool = Field(True, description="spatial clustering regularisation")
     order: Literal["odr-scr", "scr-odr"] = Field("odr-scr", description="paper: ODR then SCR")
-    odr_source: Literal["teacher", "student"] = Field("teacher", description="whose offsets ODR transforms")
+    odr_source: Literal["teacher", "student"] = Field(
+        "teacher", description="teacher: ODR maps the teacher's offsets onto the priors before SCR (Alg. 1); "
+        "student: Table 8's student-side ODR, a KL regulariser on the student's offsets (no ODR in the targets)")
+    kl_weight: float = Field(1.0, ge=0, description="odr_source=student: weight of the KL term next to L_off "
+                             "(the paper gives none; both inside lambda_off)")
+    kl_bins: int = Field(16, ge=2, description="odr_source=student: bins of the soft histograms the KL compares")
     prior: Literal["gamma", "lognormal", "fitted"] = "gamma"
     gamma: tuple[float, float] = Field((0.24, 2.53), description="magnitude prior Gamma(shape, scale)")
     lognormal: tuple[float, float] = Field((0.0, 0.76), description="magnitude prior LogNormal(mu, sigma)")
@@ -228,9 +235,15 @@ class OffsetConfig(StrictModel):
     knn: int = Field(150, ge=1, description="k of the kNN graph on predicted centroids")
     radius: float = Field(1.2, gt=0, description="tau_d: edges shorter than this (m) are kept")
     min_points: int = Field(30, ge=1, description="tau_min: smaller components get no target")
+    # the paper states the refined centre twice: Eq. 4 (and Alg. 1 line 5) average the component's point
+    # coordinates x, the appendix's Alg. 2 averages its predicted centroids x + o; the main text is the default
     centroid: Literal["predicted", "coordinates"] = Field(
-        "predicted", description="component centre: mean of predicted centroids (appendix) or of coordinates")
+        "coordinates", description="SCR component centre: mean of the points' coordinates (Eq. 4, Alg. 1) or of "
+        "their predicted centroids (appendix Alg. 2)")
     cross_view: bool = Field(True, description="also distil offsets across views (augmentation inverses)")
+    observable_only: bool = Field(
+        True, description="student offsets supervised only where the student saw its input (head-level points "
+        "with no masked input point; local views are never masked); false = every matched point, masked ones too")
 
 
 @register_schema
@@ -267,7 +280,8 @@ class ScenePreset(PresetBase):
     method: Literal["scene-probe"] = "scene-probe"
     model: PTv3Config = Field(default_factory=PTv3Config)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.002, weight_decay=0.05, warmup_epochs=40,
+    # warm-up: Pointcept's Sonata probes (insseg-sonata-v1m1-0a-scannet-pg-lin.py) use OneCycleLR pct_start 0.05
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.002, weight_decay=0.05, warmup_ratio=0.05,
                                                                    clip_grad=3.0))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=800, batch_size=24, best_metric=None))
     data: SceneDataConfig = Field(default_factory=SceneDataConfig)

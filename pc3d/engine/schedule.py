@@ -1,4 +1,7 @@
-"""Per-iteration schedules: learning rate (linear warm-up, cosine decay) and weight decay (cosine)."""
+"""Per-iteration schedules: learning rate (linear warm-up, cosine decay) and weight decay (cosine).
+
+The warm-up is given in epochs or as a share of all iterations (`optim.warmup_ratio`); either way it is counted
+in iterations."""
 
 from __future__ import annotations
 
@@ -12,6 +15,18 @@ from torch.optim import Optimizer
 def cosine(start: float, end: float, progress: float) -> float:
     """Half-cosine from `start` (progress 0) to `end` (progress 1)."""
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps(optim: Any, total_steps: int, steps_per_epoch: int) -> int:
+    """Iterations of linear warm-up: round(warmup_ratio x total_steps) when a ratio is set (papers that state
+    the warm-up as a share of training, e.g. PointINS Table 9 "warm-up ratio 0.05", keep that share whatever
+    the epoch count), else round(warmup_epochs x steps_per_epoch); neither set = no warm-up."""
+    ratio = getattr(optim, "warmup_ratio", None)
+    if ratio is not None:
+        return int(round(ratio * total_steps))
+    if optim.warmup_epochs is None:
+        return 0
+    return int(round(optim.warmup_epochs * steps_per_epoch))
 
 
 @dataclass(frozen=True)
@@ -34,10 +49,14 @@ class WarmupCosine:
         return cosine(self.lr, self.min_lr, progress)
 
     @classmethod
-    def from_config(cls, optim, epochs: int, steps_per_epoch: int) -> WarmupCosine:
-        """Warm-up is given in epochs (possibly fractional) and counted in iterations."""
+    def from_config(cls, optim: Any, epochs: int, steps_per_epoch: int) -> WarmupCosine:
+        """Warm-up counted in iterations, given either as a share of all iterations (`optim.warmup_ratio`) or
+        in epochs, possibly fractional (`optim.warmup_epochs`; the config allows only one of them).
+
+        Built from the config and the run's length each time a run starts or resumes, so a resumed run
+        recomputes the same warm-up instead of trusting a stored one."""
         total = epochs * steps_per_epoch
-        warmup = min(int(round(optim.warmup_epochs * steps_per_epoch)), total)
+        warmup = min(warmup_steps(optim, total, steps_per_epoch), total)
         return cls(lr=optim.lr, min_lr=optim.min_lr, warmup_start_lr=optim.warmup_start_lr,
                    warmup_steps=warmup, total_steps=total)
 

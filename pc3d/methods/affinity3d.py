@@ -1,14 +1,19 @@
 """Affinity3D: zero-shot LiDAR pseudo-labels from CLIP crops, refined by an affinity random walk.
 
 Per frame (spec §3-4):
-  1. superpoints  - DBSCAN on the points without a seen-class label (GZS) or BPSS supervoxels (annotation-free)
+  1. superpoints  - DBSCAN on the points without a seen-class label (GZS) or BPSS supervoxels (annotation-free);
+                    superpoints of fewer than 2 points are dropped (paper section 3.2)
   2. visibility   - SLIC superpixels; a point is visible iff its depth is within `threshold` of the nearest
                     point of its superpixel (scatter-min); invisible points are left unlabelled
   3. crops        - 2-D box of each superpoint's visible points, enlarged to >= 30x30 px
   4. features     - CLIP image embeddings F of the crops; text embeddings EMB; Y = softmax(s_t F EMB^T)
   5. affinity     - W = row-softmax(s_a F F^T) over [this frame + queue of recent frames], A = W^beta,
                     T = D^-1 A, refined scores Y' = T Y (rows of this frame)
-  6. labels       - argmax Y' on the visible points of each superpoint; seen-class points keep their label
+  6. labels       - argmax Y' on the visible points of each superpoint if max Y' > the threshold (`gzs_threshold`
+                    in GZS, default 0 = always, as the paper; `confidence` annotation-free); seen-class points keep
+                    their label
+The summary scores the pseudo-labels per point and per ground-truth instance (Table 4), and counts the labelled
+points without ground truth (`unscored_points`) and those left out by the threshold (`rejected_points`).
 Outputs under OUT: sequences/XX/labels/NNNNNN.label (SemanticKITTI raw ids, 0 = ignore),
 visibility/NNNNNN.npy (bool per point: in the image and visible), features/NNNNNN.npz (F, Y; rebuilds the
 queue on resume).
@@ -74,6 +79,20 @@ def dbscan(points: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
         ok = np.isfinite(dist)
         labels[border[ok]] = comp[nearest[ok]]
     return labels
+
+
+def drop_small_superpoints(superpoints: np.ndarray, min_points: int) -> np.ndarray:
+    """Superpoint ids (N,) with those of fewer than `min_points` points set to -1 (paper section 3.2 drops
+    superpoints under 2 points: a lone point has no shape and its crop is the 30 px minimum around one pixel)."""
+    out = np.asarray(superpoints, dtype=np.int64).copy()
+    member = out >= 0
+    if min_points <= 1 or not member.any():
+        return out
+    sizes = np.bincount(out[member])
+    small = np.zeros(len(out), dtype=bool)
+    small[member] = sizes[out[member]] < min_points
+    out[small] = -1
+    return out
 
 
 def estimate_normals(points: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -394,6 +413,7 @@ class PseudoLabeler:
         n, image_size = len(points), image.shape[:2]
         gzs = cfg.data.setting == "gzs"
         labels = sample["labels"].copy() if gzs else np.zeros(n, dtype=np.int64)
+        threshold = self.threshold
         fov_index, fov_uv, fov_depth = sample["fov_index"], sample["fov_uv"], sample["fov_depth"]
         pixels = np.stack([np.clip(fov_uv[:, 1].astype(np.int64), 0, image_size[0] - 1),
                            np.clip(fov_uv[:, 0].astype(np.int64), 0, image_size[1] - 1)], axis=1)
@@ -413,13 +433,15 @@ class PseudoLabeler:
             feats = self.source.pixel_features(image, pixels[target])
             scores = self._scores(feats)
             chosen = torch.tensor(self.classes)[scores.argmax(dim=1)].numpy()
-            keep = scores.max(dim=1).values.numpy() > cfg.confidence
+            keep = scores.max(dim=1).values.numpy() > threshold
             points_hit = fov_index[target][keep]
             labels[points_hit], pseudo[points_hit] = chosen[keep], True
-            return FrameResult(labels, visible, pseudo, *empty, stats={"superpoints": 0})
+            return FrameResult(labels, visible, pseudo, *empty,
+                               stats={"superpoints": 0, "rejected_points": int((~keep).sum())})
         cand_index = np.flatnonzero(candidate)
         sp = np.full(n, -1, dtype=np.int64)
         sp[cand_index] = self.superpoints(points[cand_index])
+        sp = drop_small_superpoints(sp, cfg.superpoints.min_points)
         # per superpoint: its labelable points (in the image and visible) and their pixels
         usable = np.zeros(n, dtype=bool)
         usable[fov_index[fov_visible]] = True
@@ -432,7 +454,7 @@ class PseudoLabeler:
             members = np.flatnonzero((sp == s) & usable)
             boxes.append(crop_box(uv_of[members], cfg.features.min_crop, image_size))
         if not len(ids):
-            return FrameResult(labels, visible, pseudo, *empty, stats={"superpoints": 0})
+            return FrameResult(labels, visible, pseudo, *empty, stats={"superpoints": 0, "rejected_points": 0})
         feats = self.source.crop_features(image, boxes).float()
         scores = self._scores(feats)
         refined = scores
@@ -442,7 +464,7 @@ class PseudoLabeler:
             refined = refine_scores(feats, scores, qf, qy, cfg.affinity.scale, cfg.affinity.beta)
         best, chosen = refined.max(dim=1)
         chosen_class = torch.tensor(self.classes)[chosen].numpy()
-        keep = best.numpy() > cfg.confidence
+        keep = best.numpy() > threshold
         lookup = np.full(int(sp.max()) + 1, -1, dtype=np.int64)
         lookup[ids] = np.arange(len(ids))
         target = np.flatnonzero(usable)
@@ -450,7 +472,14 @@ class PseudoLabeler:
         ok = keep[slot]
         labels[target[ok]] = chosen_class[slot[ok]]
         pseudo[target[ok]] = True
-        return FrameResult(labels, visible, pseudo, feats.numpy(), scores.numpy(), stats={"superpoints": len(ids)})
+        return FrameResult(labels, visible, pseudo, feats.numpy(), scores.numpy(),
+                           stats={"superpoints": len(ids), "rejected_points": int((~ok).sum())})
+
+    @property
+    def threshold(self) -> float:
+        """GZS uses its own threshold (its softmax runs over the unseen classes only); annotation-free `confidence`."""
+        cfg = self.config
+        return cfg.gzs_threshold if cfg.data.setting == "gzs" else cfg.confidence
 
     def _scores(self, feats: Tensor) -> Tensor:
         return torch.softmax(self.source.logit_scale * feats @ self.embeddings.t().to(feats.dtype), dim=1)
@@ -533,15 +562,35 @@ def write_frame(paths: dict[str, Path], result: FrameResult) -> None:
     write_kitti_label(paths["labels"], unmap_labels(result.labels))  # written last: marks the frame done
 
 
+def instance_votes(labels: np.ndarray, gt: np.ndarray, instance: np.ndarray, pseudo: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per ground-truth thing instance (instance id > 0, keyed by (class, id)) with at least one pseudo-labelled
+    point: (its GT class, the majority pseudo label of those points); ties go to the smaller class id."""
+    hit = pseudo & (gt != IGNORE) & (instance > 0)
+    if not hit.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    keys = gt[hit].astype(np.int64) * (1 << 32) + instance[hit].astype(np.int64)
+    uniq, inst = np.unique(keys, return_inverse=True)
+    votes = np.zeros((len(uniq), NUM_CLASSES), dtype=np.int64)
+    np.add.at(votes, (inst, labels[hit]), 1)
+    return (uniq >> 32).astype(np.int64), votes.argmax(axis=1)
+
+
 class Accuracy:
-    """Pseudo-label accuracy against ground truth (the paper's Table 4 measure) and coverage."""
+    """Pseudo-label accuracy against ground truth (the paper's Table 4 measures: per point and per instance) and
+    coverage. Points that got a pseudo label but have no ground truth ('unlabeled', so no accuracy can be given)
+    and visible candidate points left unlabelled by the confidence threshold are counted, not dropped silently."""
 
     def __init__(self, setting: str) -> None:
         self.setting = setting
         self.confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+        self.instance_confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
         self.targets = 0
+        self.unscored = 0  # pseudo-labelled points whose ground truth is 'unlabeled'
+        self.rejected = 0  # visible candidate points of superpoints under the threshold (frames labelled this run)
 
-    def add(self, gt: np.ndarray, original: np.ndarray | None, result: FrameResult, in_image: np.ndarray) -> None:
+    def add(self, gt: np.ndarray, original: np.ndarray | None, result: FrameResult, in_image: np.ndarray,
+            instance: np.ndarray | None = None) -> None:
         """Coverage counts the labelled targets inside the camera image (the only points that can get labels)."""
         from pc3d.metrics import semantic_confusion
 
@@ -551,19 +600,35 @@ class Accuracy:
         self.targets += int(target.sum())
         hit = result.pseudo & (gt != IGNORE)
         self.confusion += semantic_confusion(result.labels[hit], gt[hit], NUM_CLASSES)
+        self.unscored += int((result.pseudo & (gt == IGNORE)).sum())
+        self.rejected += int(result.stats.get("rejected_points", 0))
+        if instance is not None:
+            truth, voted = instance_votes(result.labels, gt, instance, result.pseudo)
+            np.add.at(self.instance_confusion, (truth, voted), 1)
 
     def summary(self) -> dict[str, Any]:
         from pc3d.metrics import semseg_metrics
 
         labelled = int(self.confusion.sum())
+        counts = {"unscored_points": self.unscored, "rejected_points": self.rejected}
         if not labelled:
-            return {"pseudo_points": 0, "coverage": 0.0}
+            return {"pseudo_points": 0, "coverage": 0.0, **counts}
         metrics = semseg_metrics(self.confusion, [IGNORE], "scannet")
         per_class = {CLASS_NAMES[c]: round(float(v), 4) for c, v in enumerate(metrics["per_class_acc"])
                      if v is not None}
-        return {"accuracy": float(np.trace(self.confusion) / labelled), "miou": metrics["miou"],
-                "pseudo_points": labelled, "target_points": self.targets,
-                "coverage": labelled / max(self.targets, 1), "per_class_accuracy": per_class}
+        out = {"accuracy": float(np.trace(self.confusion) / labelled), "miou": metrics["miou"],
+               "pseudo_points": labelled, "target_points": self.targets,
+               "coverage": labelled / max(self.targets, 1), "per_class_accuracy": per_class, **counts,
+               # share of all pseudo-labelled points that the accuracy above cannot judge
+               "unscored_share": self.unscored / max(labelled + self.unscored, 1)}
+        instances = int(self.instance_confusion.sum())
+        out["instances"] = instances
+        if instances:
+            out["instance_accuracy"] = float(np.trace(self.instance_confusion) / instances)
+            rows = self.instance_confusion.sum(axis=1)
+            out["per_class_instance_accuracy"] = {CLASS_NAMES[c]: round(float(self.instance_confusion[c, c] / rows[c]),
+                                                                        4) for c in range(NUM_CLASSES) if rows[c]}
+        return out
 
 
 def pseudolabel(config: Any, device: torch.device | None = None) -> dict[str, Any]:
@@ -594,13 +659,14 @@ def pseudolabel(config: Any, device: torch.device | None = None) -> dict[str, An
         write_frame(paths, result)
         labeler.remember(ref.sequence, result.features, result.scores)
         if "gt" in sample:
-            accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample))
+            accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample), sample.get("instance"))
         done += 1
     seconds = time.perf_counter() - tic
     summary: dict[str, Any] = {
         "out": str(out), "frames": len(dataset), "labelled": done, "skipped": skipped,
         "setting": config.data.setting, "features": config.features.source, "labeler": config.labeler,
         "affinity": config.affinity.enabled, "visibility": config.visibility.enabled,
+        "threshold": labeler.threshold, "min_superpoint_points": config.superpoints.min_points,
         "candidate_classes": [CLASS_NAMES[c] for c in labeler.classes],
         "seconds": round(seconds, 3), "feature_seconds": round(getattr(source, "seconds", 0.0), 3),
     }
@@ -624,7 +690,7 @@ def score_pseudo_labels(config: Any, dataset: SemanticKITTI) -> dict[str, Any]:
             labeler.remember(sample["sequence"], np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32))
         result = labeler(sample)
         labeler.remember(sample["sequence"], result.features, result.scores)
-        accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample))
+        accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample), sample.get("instance"))
     return accuracy.summary()
 
 
@@ -635,7 +701,7 @@ def _add_finished(accuracy: Accuracy, dataset: SemanticKITTI, index: int, paths:
 
     ref = dataset.frames[index]
     n = len(read_kitti_bin(dataset.folder(ref.sequence) / "velodyne" / f"{ref.frame}.bin", allow_empty=True).points)
-    raw, _ = read_kitti_label(dataset.label_path(ref), num_points=n)
+    raw, instance = read_kitti_label(dataset.label_path(ref), num_points=n)
     gt = map_labels(raw)
     written = map_labels(read_kitti_label(paths["labels"], num_points=n)[0])
     original = None
@@ -645,7 +711,7 @@ def _add_finished(accuracy: Accuracy, dataset: SemanticKITTI, index: int, paths:
         original = zero_shot_labels(gt, dataset.unseen)
     pseudo = (written != IGNORE) & (original == IGNORE if original is not None else True)
     result = FrameResult(written, np.load(paths["visibility"]), np.asarray(pseudo), np.zeros((0, 1)), np.zeros((0, 1)))
-    accuracy.add(gt, original, result, _in_image(dataset[index]))
+    accuracy.add(gt, original, result, _in_image(dataset[index]), instance)
 
 
 def _in_image(sample: dict[str, Any]) -> np.ndarray:

@@ -8,17 +8,20 @@ Algorithm (per step, on top of the Sonata/DOS objective of `pc3d.methods.sonata`
    O~ = m* d*;
 3. SCR: predicted centroids c = x + O~; k-means (K = 20) on the teacher's features; inside each cluster a
    kNN graph on c keeps edges shorter than tau_d, BFS components smaller than tau_min are dropped (their
-   points get no target); the target centre is the component's mean predicted centroid (appendix) or mean
-   coordinate (eq. 4): one target O* = centre - x per point;
+   points get no target); the target centre is the component's mean coordinate (Eq. 4, Alg. 1; default) or
+   mean predicted centroid (appendix Alg. 2): one target O* = centre - x per point;
 4. the student's offsets (masked global views, and across views: the other global view and the local
-   views, all mapped back to the original frame) regress O* at their matched teacher point:
+   views, all mapped back to the original frame) regress the offset to their matched teacher point's centre,
+   c[t] - x_s (= O*[t] on the same point), at the points the student saw (by default):
    L_off = mean(|o - O*|_1 + (1 - cos(o, O*))), weighted by lambda_off = 0.25 once the first 10 % of
    training (the offset warm-up) is over.
-Switches reproduce the ablations: ODR/SCR off, SCR before ODR, ODR on the student's own offsets.
+Switches reproduce the ablations: ODR/SCR off (both off: "L_off only"), SCR before ODR, ODR on the student side
+(Table 8: a KL regulariser on the student's offsets instead of ODR in the targets).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -65,17 +68,67 @@ def offset_distribution_regularization(offsets: Tensor, prior: str, params: dict
     return target_magnitude.unsqueeze(1) * direction_transform(direction, group)
 
 
+def prior_cdf(values: Tensor, prior: str, params: dict[str, float]) -> Tensor:
+    """CDF (float64) of the magnitude prior at values >= 0, differentiable in the values (the KL regulariser
+    backpropagates through it; ODR itself needs only the inverse)."""
+    v = values.double().clamp_min(1e-12)
+    if prior == "lognormal":
+        return 0.5 * (1.0 + torch.erf((torch.log(v) - params["mu"]) / (params["sigma"] * math.sqrt(2.0))))
+    if prior == "gamma":
+        return torch.special.gammainc(torch.full_like(v, params["shape"]), v / params["scale"])
+    raise InputError(f"prior_cdf: unknown prior {prior!r}")
+
+
+def soft_histogram(u: Tensor, group: Tensor, groups: int, bins: int) -> Tensor:
+    """(groups, bins): each group's share of the values u in [0, 1] per equal-width bin, by linear binning between
+    bin centres so that it is differentiable in u. A uniform u fills every bin with 1/bins in expectation (the
+    two edge bins also take the half-bins outside the outer centres)."""
+    pos = (u.double().clamp(0.0, 1.0) * bins - 0.5).clamp(0.0, bins - 1.0)  # in bin-centre units
+    low = pos.detach().floor().long().clamp(max=bins - 2)
+    frac = pos - low.double()
+    hist = torch.zeros(groups, bins, dtype=torch.float64, device=u.device)
+    hist = hist.index_put((group, low), 1.0 - frac, accumulate=True).index_put((group, low + 1), frac,
+                                                                              accumulate=True)
+    return hist / hist.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def student_odr_kl(offsets: Tensor, group: Tensor, prior: str, params: dict[str, float], bins: int = 16) -> Tensor:
+    """Student-side ODR (paper Table 8, dagger: "regularization loss via KL divergence"): how far the student's
+    offsets (N,3) are from the ODR priors, per group (view), as a differentiable scalar.
+
+    The paper does not give the form; this one mirrors ODR's two parts on the probability-integral scale: the
+    magnitudes through the prior's CDF F_M and each direction axis through (d_k + 1) / 2 should all be Uniform[0, 1]
+    (a direction uniform on the sphere has exactly uniform axes), so each gets KL(Q || U) = sum_b q_b log(q_b B)
+    of its soft B-bin histogram Q against the uniform one. Bounded by log B, zero when the offsets follow the
+    priors; the mean of the four KLs over the groups that have points."""
+    if offsets.shape[0] == 0:
+        return offsets.sum() * 0.0
+    o = offsets.double()
+    magnitude = o.norm(dim=1)
+    direction = o / magnitude.clamp_min(1e-12).unsqueeze(1)
+    _, group = torch.unique(group, return_inverse=True)  # dense ids: empty views add no term
+    groups = int(group.max()) + 1
+    scaled = [prior_cdf(magnitude, prior, params)] + [(direction[:, k] + 1.0) / 2.0 for k in range(3)]
+    kls = []
+    for u in scaled:
+        q = soft_histogram(u, group, groups, bins)
+        kls.append((q * torch.log(q.clamp_min(1e-12) * bins)).sum(1).mean())
+    return torch.stack(kls).mean().to(offsets.dtype)
+
+
 # ----------------------------------------------------------------------------- SCR
 
 
 def spatial_clustering_regularization(coord: Tensor, offsets: Tensor, features: Tensor, k: int, iters: int,
-                                      knn: int, radius: float, min_points: int, centroid: str = "predicted",
+                                      knn: int, radius: float, min_points: int, centroid: str = "coordinates",
                                       seed: int = 0, group: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """SCR: (target offsets (N,3), has-target mask (N,)), of one scene or, with `group` (N,) int64 (the views),
     of each group independently in one pass (k-means of group g seeded with seed + g).
 
     k-means on L2-normalised features; inside each cluster, components of the kNN graph on the predicted
-    centroids c = x + o with edges shorter than `radius`; components below `min_points` get no target."""
+    centroids c = x + o with edges shorter than `radius`; components below `min_points` get no target. The target
+    centre is the component's mean coordinate (centroid="coordinates": Eq. 4 and Alg. 1 line 5) or its mean
+    predicted centroid (centroid="predicted": the appendix's Alg. 2)."""
     n = coord.shape[0]
     group = torch.zeros(n, dtype=torch.long, device=coord.device) if group is None else group
     centres = (coord + offsets).detach().float()
@@ -191,37 +244,49 @@ class PointINS(Sonata):
         with torch.no_grad():
             t_offsets = to_original_frame(self.teacher.offset_head(teacher.feat), teacher.batch, g_transform)
         s_global = to_original_frame(self.student.offset_head(student.feat), student.batch, g_transform)
-        source = t_offsets
-        s_same, t_same, _ = ctx.pairs["mask"]
-        if cfg.odr_source == "student":  # ablation: ODR transforms the student's own (detached) offsets
-            source = t_offsets.clone()
-            source[t_same] = s_global.detach()[s_same]
-        target, valid = offset_targets(teacher.extras["origin"], source, teacher.feat, teacher.batch, cfg,
+        # Table 8's student-side ODR moves ODR out of the (teacher-sourced) targets into a KL term on the student
+        student_odr = cfg.odr and cfg.odr_source == "student"
+        target_cfg = cfg.model_copy(update={"odr": False}) if student_odr else cfg
+        target, valid = offset_targets(teacher.extras["origin"], t_offsets, teacher.feat, teacher.batch, target_cfg,
                                        self.prior, seed=state.step)
         centre = teacher.extras["origin"].float() + target  # the point's instance centre, original frame
-        preds, goals = [], []
-        kinds = [("mask", s_global, student)]
+        # the masked global view's head-level points that contain no masked input point (what the student saw)
+        seen = (student.extras["masked"] == 0 if cfg.observable_only
+                else torch.ones(s_global.shape[0], dtype=torch.bool, device=s_global.device))
+        offsets = {"global": (s_global, student)}
+        names = ["mask"]
         if cfg.cross_view:
-            kinds.append(("roll_mask", s_global, student))
-            if ctx.student_local is not None:
+            names.append("roll_mask")
+            if ctx.student_local is not None and "unmask" in ctx.pairs:
                 local = ctx.student_local
-                s_local = to_original_frame(self.student.offset_head(local.feat), local.batch,
-                                            batch["local_transform"])
-                kinds.append(("unmask", s_local, local))
-        for name, offsets, point in kinds:
+                offsets["local"] = (to_original_frame(self.student.offset_head(local.feat), local.batch,
+                                                      batch["local_transform"]), local)
+                names.append("unmask")
+        preds, goals = [], []
+        for name in names:
             if name not in ctx.pairs:
                 continue
-            s_idx, t_idx, _ = ctx.pairs[name]
+            s_idx, t_idx, kind = ctx.pairs[name]
             keep = valid[t_idx]
+            if kind == "global":  # local views are never masked
+                keep = keep & seen[s_idx]
             s_idx, t_idx = s_idx[keep], t_idx[keep]
-            preds.append(offsets[s_idx])
+            pred, point = offsets[kind]
+            preds.append(pred[s_idx])
+            # across views the student point x_s is not the teacher point: regress the offset to its centre
             goals.append(centre[t_idx] - point.extras["origin"][s_idx].float())
         raw = offset_loss(torch.cat(preds), torch.cat(goals))
+        loss = raw
+        if student_odr:
+            kl = student_odr_kl(s_global[seen], student.batch[seen], *self.prior, bins=cfg.kl_bins)
+            loss = raw + cfg.kl_weight * kl
+            terms["metric/offset_kl"] = kl.detach()
         weight = self.offset_weight(state.progress)
-        terms["offset"] = weight * raw
+        terms["offset"] = weight * loss
         terms["metric/offset_raw"] = raw.detach()
         terms["metric/offset_on"] = torch.tensor(float(weight > 0))
         terms["metric/offset_target_share"] = valid.float().mean()
+        terms["metric/offset_seen_share"] = seen.float().mean()
         return terms
 
 

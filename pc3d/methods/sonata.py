@@ -508,8 +508,9 @@ class Sonata(Method):
         noise = (torch.randn_like(feat[:, :3]) * loss_cfg.mask_jitter).clamp(max=2 * loss_cfg.mask_jitter)
         feat[:, :3] = torch.where(mask.unsqueeze(1), feat[:, :3] + noise, feat[:, :3])
         student_point = views_point(batch, "global", feat)
-        if loss_cfg.observable_only:  # pooled by mean like the origin: the masked share of each head-level point
-            student_point.extras["masked"] = mask.to(feat.dtype)
+        # pooled by mean like the origin: the masked share of each head-level point (DOS's observable points,
+        # and PointINS's offset loss, read it)
+        student_point.extras["masked"] = mask.to(feat.dtype)
         student_global = self.student.encode(student_point, mask)
         s_mask = self.student.mask_head(student_global.feat).float()
         n_global = int(batch["global_transform"].shape[0])

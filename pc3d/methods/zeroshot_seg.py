@@ -1,19 +1,22 @@
 """Zero-shot LiDAR segmentation (Affinity3D stage 2): SPVCNN trained on seen GT + Affinity3D pseudo-labels.
 
-Training step (2DPASS's recipe, spec §5):
-  logits     = s * normalise(P(f_3d)) . EMB^T  (text-embedding classifier; EMB = CLIP prompt ensembles)
-  L_main     = CE(class weights, ignore 0) + Lovasz-softmax on seen GT u pseudo labels
-  MSFSKD     for the 4 encoder scales s: L_3d,s on H3_s(f_s); on the *visible* points only, gated fusion of
-               f_s with the ResNet-FCN image feature, L_2d,s on H_fuse,s and L_xm,s = KL(H_fuse,s || H3_s)
-               (fused side detached); a 2-D classifier on the 4 fused features. The 2-D branch is training-only.
-Evaluation: mIoU seen / unseen / all and hIoU (pc3d.metrics.zeroshot_metrics), optional flip TTA.
+Training step (paper section 3.5 on 2DPASS's recipe, spec §5):
+  features   = [F_3D^1, .., F_3D^4, last layer] concatenated (Eq. 17; model.head_features = last: last layer only)
+  logits     = s * normalise(P(features)) . EMB^T  (text-embedding classifier; EMB = CLIP prompt ensembles)
+  L_main     = weighted CE (ignore 0) + alpha Lovasz-softmax on seen GT u pseudo labels (Eq. 19, alpha = 2)
+  MSFSKD     Eqs. 11-16, see pc3d.methods.affinity3d_fusion (residual gated fusion, text-embedding heads per
+             scale, KL over every visible point, per-scale 3-D losses summed). The 2-D branch is training-only.
+Augmentation (section 4.2): shift U[-0.5, 0.5] m per axis, x/y scaling, 70 % random downsampling; image flip and
+colour jitter (plus 2DPASS's random bottom crop of the image).
+Evaluation: mIoU seen / unseen / all and hIoU (pc3d.metrics.zeroshot_metrics) on the camera's field of view
+(section 4.1, following TCKZ; data.eval_front_view = false scores the 360-degree scan), optional flip TTA.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from pc3d.data.readers.semantickitti import (
     SemanticKITTI,
     class_weights,
     map_labels,
+    zero_shot_labels,
 )
 from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
@@ -80,14 +84,68 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation of section 4.2 (defaults = the paper's / 2DPASS's where the paper gives no value)."""
+
+    translate: float = 0.5  # U[-t, t] per axis (m)
+    scale: tuple[float, float] = (0.95, 1.05)  # x, y scaling (2DPASS's range; 4.2 names scaling only)
+    keep_ratio: float = 0.7  # random downsampling: share of points kept
+    image_flip: float = 0.5
+    color_jitter: float = 0.4  # brightness, contrast, saturation factors U[1 - j, 1 + j] (2DPASS ColorJitter)
+
+    @classmethod
+    def of(cls, data: Any) -> Augmentation:
+        return cls(data.translate, tuple(data.scale), data.keep_ratio, data.image_flip, data.color_jitter)
+
+
+def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """torchvision-style ColorJitter(b, c, s) on a uint8 RGB image (torchvision is not a dependency): brightness,
+    contrast (around the mean grey) and saturation (against the grey image) factors U[1 - s, 1 + s], random order."""
+    if strength <= 0:
+        return image
+    out = image.astype(np.float32) / 255.0
+    grey_weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    for op in rng.permutation(3):
+        factor = np.float32(rng.uniform(max(0.0, 1 - strength), 1 + strength))
+        if op == 0:
+            out = out * factor
+        elif op == 1:
+            out = (out - (out @ grey_weights).mean()) * factor + (out @ grey_weights).mean()
+        else:
+            grey = (out @ grey_weights)[..., None]
+            out = (out - grey) * factor + grey
+        out = np.clip(out, 0.0, 1.0)
+    return (out * 255.0 + 0.5).astype(np.uint8)
+
+
 class SegFrames(torch.utils.data.Dataset):
     """Frames for training (labels = pseudo-label files, or GZS seen labels) or evaluation (labels = all GT)."""
 
     def __init__(self, kitti: SemanticKITTI, pseudo_root: Path | None, train: bool, augment: bool,
-                 crop: tuple[int, int] | None, seed: int = 0) -> None:
+                 crop: tuple[int, int] | None, seed: int = 0, augmentation: Augmentation | None = None) -> None:
         self.kitti, self.pseudo_root, self.train = kitti, pseudo_root, train
         self.augment, self.crop, self.seed = augment and train, crop, seed
+        self.augmentation = augmentation or Augmentation()
         self.epoch_draws = 0
+
+    def label_file_labels(self, index: int) -> np.ndarray:
+        """The frame's training (or evaluation) labels read from its label file alone: no scan, no image (class
+        weights count every frame, and reading images for that doubled the start-up time)."""
+        from pc3d.io.kitti import read_kitti_label
+
+        ref = self.kitti.frames[index]
+        if self.train and self.pseudo_root is not None:
+            path = self.pseudo_root / "sequences" / ref.sequence / "labels" / f"{ref.frame}.label"
+            if not path.is_file():
+                raise InputError(f"{path}: missing pseudo-label file (run `pc3d pseudolabel` on sequence "
+                                 f"{ref.sequence})")
+            return map_labels(read_kitti_label(path)[0])
+        path = self.kitti.label_path(ref)
+        if not path.is_file():
+            raise InputError(f"{path}: missing label file")
+        gt = map_labels(read_kitti_label(path)[0])
+        return zero_shot_labels(gt, self.kitti.unseen) if self.train and self.kitti.setting == "gzs" else gt
 
     def __len__(self) -> int:
         return len(self.kitti)
@@ -131,23 +189,23 @@ class SegFrames(torch.utils.data.Dataset):
             inside = (pix[:, 0] >= top) & (pix[:, 1] >= left) & (pix[:, 1] < left + cw)
             visible &= inside
             pix = pix - [top, left]
-        if rng is not None and rng.random() < 0.5:  # horizontal image flip
-            image = image[:, ::-1]
-            pix[:, 1] = image.shape[1] - 1 - pix[:, 1]
+        aug = self.augmentation
+        if rng is not None:  # 2-D augmentation of section 4.2: horizontal flip and colour jitter
+            if rng.random() < aug.image_flip:
+                image = image[:, ::-1]
+                pix[:, 1] = image.shape[1] - 1 - pix[:, 1]
+            image = color_jitter(image, aug.color_jitter, rng)
         xyz = sample["points"].astype(np.float32).copy()
-        if rng is not None:  # 3-D augmentation after projection (2DPASS)
-            angle = rng.uniform(0, 2 * np.pi)
-            c, s = np.cos(angle), np.sin(angle)
-            xyz[:, :2] = xyz[:, :2] @ np.array([[c, s], [-s, c]], dtype=np.float32)
-            flip = rng.integers(0, 4)
-            if flip in (1, 3):
-                xyz[:, 0] = -xyz[:, 0]
-            if flip in (2, 3):
-                xyz[:, 1] = -xyz[:, 1]
-            xyz[:, :2] *= rng.uniform(0.95, 1.05)
-            xyz += rng.normal(0, 0.1, 3).astype(np.float32)
+        intensity = sample["intensity"]
+        if rng is not None:  # 3-D augmentation of section 4.2, after the projection (pixels stay true)
+            xyz[:, :2] *= rng.uniform(*aug.scale)
+            xyz += rng.uniform(-aug.translate, aug.translate, 3).astype(np.float32)
+            if aug.keep_ratio < 1 and n > 1:  # random downsampling to keep_ratio of the points
+                keep = np.sort(rng.choice(n, max(1, int(round(aug.keep_ratio * n))), replace=False))
+                xyz, intensity, labels = xyz[keep], intensity[keep], labels[keep]
+                visible, pix = visible[keep], pix[keep]
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
-        return {"xyz": torch.from_numpy(xyz), "intensity": torch.from_numpy(sample["intensity"]),
+        return {"xyz": torch.from_numpy(xyz), "intensity": torch.from_numpy(np.ascontiguousarray(intensity)),
                 "labels": torch.from_numpy(labels.astype(np.int64)), "visible": torch.from_numpy(visible),
                 "pixels": torch.from_numpy(pix), "image": (image_t - IMAGENET_MEAN) / IMAGENET_STD}
 
@@ -168,91 +226,70 @@ def collate_frames(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 # ------------------------------------------------------------------------------------------ model
 
 
-def _head(cin: int, hidden: int, classes: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, classes))
-
-
 class ZeroShotSeg(Method):
-    """SPVCNN + text-embedding classifier, with the MSFSKD 2-D branch during training."""
+    """SPVCNN + text-embedding classifier over the concatenated layers (Eq. 17), with the MSFSKD 2-D branch
+    (pc3d.methods.affinity3d_fusion) during training."""
 
     def __init__(self, config: Any, text_embeddings: Tensor | None, weights: np.ndarray) -> None:
         super().__init__()
+        from pc3d.methods.affinity3d_fusion import MSFSKD, ClassHead
         from pc3d.models.fcn2d import ResNetFCN
         from pc3d.models.spvcnn import SPVCNN
 
         cfg = config.model
         self.config = config
         self.backbone = SPVCNN(4, cfg.channels, cfg.voxel_size, cfg.dropout)
-        width = self.backbone.out_channels
+        img = config.image
+        hidden = img.hidden
+        # F_3D^s: each encoder stage mapped to `hidden`; these are what MSFSKD distils into, and (Eq. 17) what the
+        # classifier reads next to the last layer, so the distilled knowledge reaches the prediction
+        self.point_proj = nn.ModuleList([nn.Linear(c, hidden) for c in self.backbone.scale_channels])
+        self.concat = cfg.head_features == "concat"
+        width = self.backbone.out_channels + (len(self.point_proj) * hidden if self.concat else 0)
+        text_dim = None
         if text_embeddings is not None:  # logits over classes 0..19; class 0 is never a target (ignored)
             self.register_buffer("text", F.normalize(text_embeddings.float(), dim=1))
-            self.project = nn.Linear(width, text_embeddings.shape[1])
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            text_dim = int(text_embeddings.shape[1])
         else:
             self.text = None
-            self.classifier = nn.Linear(width, NUM_CLASSES)
+        self.classifier = ClassHead(width, text_dim)
         self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32))
-        img = config.image
         self.use_2d = img.enabled
         if self.use_2d:
-            hidden = img.hidden
             self.image_encoder = ResNetFCN(img.widths, img.blocks, hidden)
-            scale_channels = self.backbone.scale_channels
-            self.point_proj = nn.ModuleList([nn.Linear(c, hidden) for c in scale_channels])
-            self.heads_3d = nn.ModuleList([_head(hidden, 128, NUM_CLASSES) for _ in range(4)])
-            self.learner = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(4)])
-            self.fuse = nn.ModuleList([nn.Linear(2 * hidden, hidden) for _ in range(4)])
-            self.gate = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(4)])
-            self.heads_fuse = nn.ModuleList([_head(hidden, 128, NUM_CLASSES) for _ in range(4)])
-            self.classifier_2d = _head(4 * hidden, 128, NUM_CLASSES)
+            self.msfskd = MSFSKD(hidden, len(self.point_proj), text_dim, img.lambda_seg2d, img.lambda_xm)
 
-    def logits(self, features: Tensor) -> Tensor:
-        if self.text is None:
-            return self.classifier(features)
-        projected = F.normalize(self.project(features), dim=1)
-        return self.logit_scale.exp().clamp_max(100) * projected @ self.text.t()
+    def point_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """(classifier input (N, width), the per-scale features F_3D^s (N, hidden))."""
+        feats = torch.cat([batch["xyz"], batch["intensity"].unsqueeze(1)], dim=1)
+        last, scales = self.backbone(batch["xyz"], batch["batch"], feats)
+        per_scale = [proj(f) for proj, f in zip(self.point_proj, scales, strict=True)]
+        return (torch.cat([*per_scale, last], dim=1) if self.concat else last), per_scale
 
     def forward_points(self, batch: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
-        feats = torch.cat([batch["xyz"], batch["intensity"].unsqueeze(1)], dim=1)
-        point_feats, scales = self.backbone(batch["xyz"], batch["batch"], feats)
-        return self.logits(point_feats), scales
+        features, per_scale = self.point_features(batch)
+        return self.classifier(features, self.text), per_scale
 
     def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
         labels, weights = batch["labels"], self.class_weights
-        lovasz = self.config.lovasz_weight
-        logits, scales = self.forward_points(batch)
-        terms = {"seg_3d": seg_loss(logits, labels, weights, lovasz)}
+        logits, per_scale = self.forward_points(batch)
+        # Eq. 19: alpha Lovasz + weighted CE on the final prediction (alpha = lovasz_weight = 2.0, section 4.2)
+        terms = {"seg_3d": seg_loss(logits, labels, weights, self.config.lovasz_weight)}
         if not self.use_2d:
             return terms
         from pc3d.models.fcn2d import sample
 
-        img_cfg = self.config.image
         maps = self.image_encoder(batch["image"])
         visible = batch["visible"]
-        vis_labels = labels[visible]
         image_size = tuple(batch["image"].shape[-2:])
-        loss_3d, loss_2d, loss_xm, fused_all = 0.0, 0.0, 0.0, []
-        for s in range(4):
-            f_p = self.point_proj[s](scales[s])
-            loss_3d = loss_3d + seg_loss(self.heads_3d[s](f_p), labels, weights, lovasz)
-            f_vis = f_p[visible]
-            f_img = sample(maps[s], batch["pixels"][visible], batch["batch"][visible], image_size)
-            learned = F.relu(self.learner[s](f_vis))
-            c = self.fuse[s](torch.cat([f_img, learned], dim=1))
-            fused = F.relu(c * torch.sigmoid(self.gate[s](c)))
-            fused_all.append(fused)
-            fuse_logits = self.heads_fuse[s](fused)
-            loss_2d = loss_2d + seg_loss(fuse_logits, vis_labels, weights, lovasz)
-            point_logits = self.heads_3d[s](f_vis)
-            known = vis_labels != IGNORE  # distil only where the point has a (seen or pseudo) label
-            if bool(known.any()):
-                loss_xm = loss_xm + F.kl_div(F.log_softmax(point_logits[known], dim=1),
-                                             F.softmax(fuse_logits[known], dim=1).detach(),
-                                             reduction="none").mean()  # 2DPASS's 'mean' over all elements
-        terms["seg_3d_scales"] = loss_3d / 4
-        terms["seg_2d"] = img_cfg.lambda_seg2d / 4 * loss_2d
-        terms["xm"] = img_cfg.lambda_xm / 4 * (loss_xm if isinstance(loss_xm, Tensor) else logits.sum() * 0)
-        terms["seg_2d_cls"] = seg_loss(self.classifier_2d(torch.cat(fused_all, dim=1)), vis_labels, weights, lovasz)
+        pixels, frame = batch["pixels"][visible], batch["batch"][visible]
+        image_feats = [sample(maps[s], pixels, frame, image_size) for s in range(len(per_scale))]
+
+        def loss(scale_logits: Tensor, scale_labels: Tensor) -> Tensor:
+            # MSFSKD's losses are 2DPASS's seg_loss (CE + Lovasz, weight 1): Eq. 19's alpha is the final loss's
+            return seg_loss(scale_logits, scale_labels, weights, 1.0)
+
+        terms.update(self.msfskd(per_scale, image_feats, visible, labels, self.text, loss))
         return terms
 
     @torch.no_grad()
@@ -306,7 +343,10 @@ def _kitti(config: Any, sequences: list[str], train: bool) -> SemanticKITTI:
     # synthetic frames are generated once, where the pseudo-labeller of `run` writes them
     root = Path(data.root) if data.source == "folder" else synthetic_root(config, pseudo_folder(config) / "synthetic")
     setting = "gzs" if train else "full"
-    return SemanticKITTI(root, sequences, setting, with_image=True, max_frames=data.max_frames)
+    # section 4.1 (following TCKZ) scores the points in the camera's field of view; training keeps the whole scan
+    front = (not train) and data.eval_front_view
+    return SemanticKITTI(root, sequences, setting, with_image=True, front_view_only=front,
+                         max_frames=data.max_frames)
 
 
 def _sequences(config: Any) -> tuple[list[str], list[str]]:
@@ -345,24 +385,27 @@ def text_embeddings(config: Any) -> Tensor | None:
 
 
 def _label_counts(dataset: SegFrames) -> np.ndarray:
+    """Per-class point counts of the training labels, from the label files only (no scans, no images)."""
     counts = np.zeros(NUM_CLASSES, dtype=np.int64)
     for i in range(len(dataset)):
-        sample = dataset.kitti[i]
-        counts += np.bincount(dataset.labels_of(i, sample)[0], minlength=NUM_CLASSES)[:NUM_CLASSES]
+        counts += np.bincount(dataset.label_file_labels(i), minlength=NUM_CLASSES)[:NUM_CLASSES]
     return counts
+
+
+def _val_set(config: Any) -> SegFrames:
+    return SegFrames(_kitti(config, _sequences(config)[1], False), None, False, False, None)
 
 
 def build(config: Any, rank: int) -> Any:
     from pc3d.engine.trainer import TrainingSetup
 
-    train_seqs, val_seqs = _sequences(config)
+    train_seqs, _ = _sequences(config)
     crop = tuple(config.image.crop) if config.image.crop else None
     train = SegFrames(_kitti(config, train_seqs, True), pseudo_root(config), True, config.data.augment, crop,
-                      config.run.seed)
-    val = SegFrames(_kitti(config, val_seqs, False), None, False, False, None)
+                      config.run.seed, Augmentation.of(config.data))
     weights = class_weights(_label_counts(train))
     method = ZeroShotSeg(config, text_embeddings(config), weights)
-    return TrainingSetup(method, train, val, collate_frames)
+    return TrainingSetup(method, train, _val_set(config), collate_frames)
 
 
 def _make_pseudo_labels(config: Any) -> None:
@@ -393,7 +436,8 @@ def evaluate(method: ZeroShotSeg, dataset: SegFrames, tta: int, convention: str)
         batch = {k: v.to(device) for k, v in collate_frames([dataset[i]]).items()}
         pred = method.predict(batch, tta).cpu().numpy()
         confusion += semantic_confusion(pred, batch["labels"].cpu().numpy(), NUM_CLASSES)
-    return {**summarise(confusion, convention), "confusion": confusion.tolist()}
+    region = "camera-fov" if dataset.kitti.front_view_only else "360"
+    return {**summarise(confusion, convention), "eval_points": region, "confusion": confusion.tolist()}
 
 
 def run(request: Any) -> dict[str, Any]:
@@ -411,11 +455,14 @@ def run(request: Any) -> dict[str, Any]:
         if not (root / "sequences").is_dir():
             raise InputError(f"{root}: pseudo-labelling wrote no labels")
     result = fit(request, build)
-    setup = build(config, 0)
-    method = setup.method
     checkpoint = (result.get("checkpoints") or {}).get("best") or result["checkpoints"]["last"]
-    method.load_state_dict(load_weights(str(checkpoint)), strict=False)
-    scores = evaluate(method, setup.val_set, config.tta, config.eval_convention)
+    weights = load_weights(str(checkpoint))
+    # the model is rebuilt from the checkpoint alone: a second build() would count the class weights again
+    text = torch.zeros_like(weights["text"]) if "text" in weights else None
+    method = ZeroShotSeg(config, text, np.zeros(NUM_CLASSES, np.float32))
+    method.load_state_dict(weights, strict=False)
+    val_set = _val_set(config)
+    scores = evaluate(method, val_set, config.tta, config.eval_convention)
     write_text_atomic(Path(result["run_dir"]) / "eval_metrics.json", json.dumps(scores, indent=2))
     result["eval"] = {k: v for k, v in scores.items() if k != "confusion"}
     return result
