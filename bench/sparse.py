@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from ops import surface_cloud  # bench/ is the script's folder, so its siblings import by name
 
 
 def best_times(fns: dict[str, Callable[[], object]], repeats: int,
@@ -39,17 +40,6 @@ def best_times(fns: dict[str, Callable[[], object]], repeats: int,
             sync()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
-
-
-def surface_cloud(n: int, seed: int) -> torch.Tensor:
-    """Points on four spheres and a plane, in a ~2 m box."""
-    g = torch.Generator().manual_seed(seed)
-    parts = []
-    for i in range(4):
-        d = torch.randn(n // 5, 3, generator=g)
-        parts.append(d / d.norm(dim=1, keepdim=True) * (0.2 + 0.1 * i) + torch.tensor([0.5 * i - 0.75, 0.0, 0.3]))
-    plane = torch.rand(n - 4 * (n // 5), 3, generator=g) * torch.tensor([2.0, 2.0, 0.0]) - torch.tensor([1.0, 1.0, 0])
-    return torch.cat(parts + [plane])
 
 
 def voxel_sites(n_points: int, voxel: float, scenes: int) -> torch.Tensor:
