@@ -728,8 +728,8 @@ def step_ptv3(backend: str, share: Path, device: str = "cuda", points: int = 80_
     compared = None
     if backend != "torch" and state_file.is_file():
         try:
-            model.load_state_dict(torch.load(state_file, map_location=dev))
-            compared = torch.load(data_file, map_location=dev)
+            model.load_state_dict(torch.load(state_file, map_location=dev, weights_only=True))
+            compared = torch.load(data_file, map_location=dev, weights_only=True)
         except Exception as exc:  # another layout of the conv weights: time it, compare nothing
             compared = f"weights of the torch backend do not load: {exc!r}"[:300]
     scenes = [room(points, s) for s in range(2)]

@@ -25,7 +25,7 @@ def current_umask() -> int:
             for line in handle:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):  # no procfs (macOS) or an old kernel: the fallback below
         pass
     mask = os.umask(0o022)
     os.umask(mask)

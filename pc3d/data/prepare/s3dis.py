@@ -46,7 +46,7 @@ def parse_annotation(path: Path) -> tuple[np.ndarray, list[int], list[int]]:
         table = np.loadtxt(lines, dtype=np.float64, ndmin=2, comments=None)
         if table.shape[1] == 6 or len(table) == 0:
             return table.reshape(-1, 6), [], []
-    except ValueError:
+    except ValueError:  # a defective line somewhere: fall through to the line-by-line repair below
         pass
     rows: list[list[float]] = []
     repaired: list[int] = []
