@@ -72,6 +72,8 @@ def _third_party_follows() -> None:
     if transformers_logging is not None:
         (transformers_logging.enable_progress_bar if bars else transformers_logging.disable_progress_bar)()
         transformers_logging.set_verbosity(logging.INFO if _state["verbose"] else logging.ERROR)
+    # torch reports through logging too (e.g. torch.fx's is_fx_tracing notice when spconv runs)
+    logging.getLogger("torch").setLevel(logging.NOTSET if _state["verbose"] and not _state["quiet"] else logging.ERROR)
     if _state["verbose"] and not _state["quiet"]:
         warnings.simplefilter("default")
     else:

@@ -28,19 +28,20 @@ fi
 if stage objects; then
   say "GeoMask3D pretraining -> classification finetuning (synthetic objects)"
   ckpt=$(pc3d pretrain geomask3d --preset quickstart --out "$runs" --json | field checkpoints.last)
-  pc3d finetune cls-synthetic --preset quickstart --from "$ckpt" --out "$runs"
+  cls=$(pc3d finetune cls-synthetic --preset quickstart --from "$ckpt" --out "$runs" --json | field run_dir)
+  say "pc3d predict: the trained classifier on new shapes (a glob; outputs in a run folder, not beside the inputs)"
+  pc3d predict "$cls" "$out/objects/shapes/chair_*.ply" "$out/objects/shapes/lamp_*.ply" --out "$out"
 fi
 
 if stage scenes; then
   say "Point-MoDE block-to-scene pretraining -> detection finetuning -> pc3d detect (synthetic rooms)"
   ckpt=$(pc3d pretrain point-mode --preset quickstart --out "$runs" --json | field checkpoints.last)
   det=$(pc3d finetune det-scannet --preset quickstart --from "$ckpt" --out "$runs" --json | field checkpoints.last)
-  scenes=("$out"/scenes/scenes/*.ply)
-  scene=${scenes[0]}
-  pc3d detect "$scene" --checkpoint "$det" --out "$out/detect"
-  say "PointINS pretraining -> instance-segmentation linear probe (synthetic rooms)"
+  pc3d detect "$out/scenes/scenes" --checkpoint "$det" --out "$out"  # a folder: the model loads once
+  say "PointINS pretraining -> instance-segmentation linear probe (synthetic rooms) -> pc3d predict"
   ckpt=$(pc3d pretrain pointins --preset quickstart --out "$runs" --json | field checkpoints.last)
-  pc3d finetune probe-scannet --preset quickstart --from "$ckpt" --out "$runs"
+  probe=$(pc3d finetune probe-scannet --preset quickstart --from "$ckpt" --out "$runs" --json | field run_dir)
+  pc3d predict "$probe" "$out/scenes/scenes" --out "$out"
 fi
 
 if stage lidar; then

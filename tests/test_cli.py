@@ -40,7 +40,7 @@ def test_design_card_examples_parse_as_written():
     params = _parse(["pretrain", "point-mode", "--gpus", "8"])
     assert params["method"] == "point-mode" and params["gpus"] == 8
     params = _parse(["segment", "chair.ply", "--parts", "arm,seat,leg"])
-    assert str(params["cloud"]) == "chair.ply" and params["parts"] == "arm,seat,leg"
+    assert [str(c) for c in params["cloud"]] == ["chair.ply"] and params["parts"] == "arm,seat,leg"
 
 
 def test_common_options_parse():

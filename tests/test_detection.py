@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -217,7 +218,7 @@ def test_detect_cli_finds_objects_of_a_synthetic_scene(trained, cli, tmp_path):
     cloud_path = tmp_path / "room.ply"
     write_point_cloud(cloud_path, PointCloud(scene.points, scene.colors))
     ckpt = trained["checkpoints"]["last"]
-    result = cli("detect", cloud_path, "--checkpoint", ckpt, "--json")  # default threshold 0.3
+    result = cli("detect", cloud_path, "--checkpoint", ckpt, "--out", tmp_path / "runs", "--json")  # threshold 0.3
     assert result.code == 0, result.err
     out = json.loads(result.out)
     assert out["detections"] == len(out["boxes"]) > 0
@@ -226,20 +227,22 @@ def test_detect_cli_finds_objects_of_a_synthetic_scene(trained, cli, tmp_path):
     iou = box_iou_3d(torch.from_numpy(pred), torch.from_numpy(scene.boxes[keep, :6])).numpy()
     assert (iou.max(axis=0) > 0.25).sum() >= 2  # objects of the room are found (measured: 5 of 23, 19 boxes)
     assert read_point_cloud_points(cloud_path) == len(scene.points)  # the input is left alone
-    saved = json.loads((tmp_path / "room.boxes.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["room.ply", "runs"]  # nothing written next to the input
+    files = {ext: Path(path) for ext, path in out["outputs"].items()}
+    saved = json.loads(files["json"].read_text())
     assert len(saved["boxes"]) == out["detections"]
-    _, elements = read_ply(tmp_path / "room.boxes.ply")
+    _, elements = read_ply(files["ply"])
     assert len(elements["vertex"]["x"]) == 8 * out["detections"]
     assert len(elements["edge"]["vertex1"]) == 12 * out["detections"]
     from pc3d.io.images import read_image
 
-    assert read_image(tmp_path / "room.boxes.png").ndim == 3
-    npz = np.load(tmp_path / "room.boxes.npz")
+    assert read_image(files["png"]).ndim == 3
+    npz = np.load(files["npz"])
     assert npz["boxes"].shape == (out["detections"], 6)
     # people get the table on stderr
     human = cli("detect", cloud_path, "--checkpoint", ckpt, "--out", tmp_path / "elsewhere")
     assert human.code == 0 and "boxes in room.ply" in human.err
-    assert (tmp_path / "elsewhere" / "room.boxes.json").is_file()
+    assert len(list((tmp_path / "elsewhere" / "detect").glob("*/room.boxes.json"))) == 1
 
 
 def read_point_cloud_points(path) -> int:

@@ -101,12 +101,12 @@ Examples:
 
 def segment(
     cloud: Annotated[
-        Path, typer.Argument(help="Point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .xyzn .xyzrgb .bin .off .obj "
-                                  ".stl).")
+        list[str], typer.Argument(help="Point clouds or meshes (.ply .pcd .npy .npz .txt .xyz .xyzn .xyzrgb .bin .off "
+                                       ".obj .stl): files, folders (not recursive) or globs.", metavar="INPUT...")
     ],
     parts: Annotated[str, typer.Option("--parts", help="Comma-separated part names, e.g. \"arm,seat,leg\".")],
     category: Annotated[
-        str | None, typer.Option("--category", help="Object category (default: from the file name).")
+        str | None, typer.Option("--category", help="Object category of every input (default: from each file name).")
     ] = None,
     weights: Annotated[
         str | None,
@@ -130,11 +130,13 @@ def segment(
     if not names:
         raise InputError("--parts needs at least one part name, e.g. --parts \"arm,seat,leg\"")
     sets = [*(set_ or []), *(["instances=true"] if instances else [])]
-    inputs = {"cloud": cloud, "parts": names, "category": category, "checkpoint": weights}
+    inputs = {"clouds": list(cloud), "parts": names, "category": category, "checkpoint": weights}
     _run("segment", "partstad", preset, sets, out, seed, device, json_out, inputs, print_config_, columns=columns)
 
 
-segment.__doc__ = f"""Text-prompted part segmentation of one object (PartSTAD).
+segment.__doc__ = f"""Text-prompted part segmentation of objects (PartSTAD); the 2-D models load once per call.
+
+Outputs go to <out>/<preset name>/<time>/ (default --out runs), never next to the inputs.
 
 {preset_help("segment")}
 
@@ -142,14 +144,15 @@ Examples:
 
 
   pc3d segment chair.ply --parts "arm,seat,leg"
+  pc3d segment shapes/ "more/chair_*.ply" --parts "arm,seat,leg" --json
   pc3d segment chair.ply --parts "arm,seat,leg" --preset oracle --set instances=true
 """
 
 
 def detect(
     cloud: Annotated[
-        Path, typer.Argument(help="Scene point cloud or mesh (.ply .pcd .npy .npz .txt .xyz .xyzn .xyzrgb .bin .off "
-                                  ".obj .stl).")
+        list[str], typer.Argument(help="Scene point clouds or meshes (.ply .pcd .npy .npz .txt .xyz .xyzn .xyzrgb .bin "
+                                       ".off .obj .stl): files, folders (not recursive) or globs.", metavar="INPUT...")
     ],
     checkpoint: CheckpointOpt = None,
     threshold: Annotated[
@@ -168,12 +171,15 @@ def detect(
 ) -> None:
     setup_output(json_out, quiet, verbose)
     sets = [*(set_ or []), *([f"detect.threshold={threshold}"] if threshold is not None else [])]
-    inputs = {"cloud": cloud, "checkpoint": checkpoint}
+    inputs = {"clouds": list(cloud), "checkpoint": checkpoint}
     _run("detect", "det-scannet", preset, sets, out, seed, device, json_out, inputs, print_config_,
          also_accept=("finetune",), columns=columns)
 
 
-detect.__doc__ = f"""3D object detection in an indoor scene (Point-MoDE detector).
+detect.__doc__ = f"""3D object detection in indoor scenes (Point-MoDE detector); the checkpoint loads once per call.
+
+Outputs (<scene>.boxes.json .ply .npz .png) go to <out>/detect/<time>/ (default --out runs), never next to the
+inputs.
 
 {preset_help("detect")}
 
@@ -181,5 +187,6 @@ Examples:
 
 
   pc3d detect scene0000_00.ply --checkpoint runs/det-scannet/<time>/checkpoints/best.json
+  pc3d detect scans/ "more/*.ply" --checkpoint runs/det-scannet/<time>/checkpoints/best.json --json
   pc3d detect scene.ply --preset quickstart --checkpoint runs/det-scannet/<time>/checkpoints/last.json --threshold 0.3
 """

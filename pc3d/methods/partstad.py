@@ -56,6 +56,7 @@ from pc3d.methods.partstad_io import (
     ground_truth_parts,
     part_palette,
     partnete_root,
+    segment_summary,
     shape_cache_key,
     votes_of,
     write_segmentation,
@@ -74,8 +75,8 @@ __all__ = [
     "evaluate_shapes", "fewshot_splits", "finetune", "ground_truth_parts", "load_network", "merge_instances",
     "normalize_unit_sphere", "oracle_detections", "oracle_feature_dim", "part_palette", "part_probabilities",
     "partnete_root", "positional_encoding", "prepare_shape", "relaxed_miou_loss", "render_views", "segment",
-    "segment_votes", "shape_cache_key", "superpoint_graph", "superpoint_scores", "superpoint_targets", "superpoints",
-    "valid_superpoints", "votes_of", "write_segmentation",
+    "segment_summary", "segment_votes", "shape_cache_key", "superpoint_graph", "superpoint_scores",
+    "superpoint_targets", "superpoints", "valid_superpoints", "votes_of", "write_segmentation",
 ]
 
 NULL_FLOOR = 5e-4  # PartSTAD: the null score never drops below this
@@ -221,37 +222,52 @@ def load_network(spec: str, feature_dim: int, cfg: NetworkConfig) -> WeightNetwo
 
 
 def segment(request: RunRequest) -> dict[str, Any]:
-    """`pc3d segment FILE --parts a,b,c`: per-point part labels of one object, with outputs written atomically."""
+    """`pc3d segment INPUT... --parts a,b,c`: per-point part labels of every object; the 2-D models and the weight
+    network load once, the outputs go (atomically) to one run folder, never next to the inputs."""
+    from pc3d.io.inputs import expand_inputs, output_stems
     from pc3d.io.pointcloud import read_point_cloud
+    from pc3d.runs import RunDir
 
     cfg: PartstadSegmentPreset = request.config
     inputs = request.inputs or {}
-    path = Path(inputs["cloud"])
+    files = expand_inputs(inputs["clouds"])  # a missing input fails before any model loads
     parts = list(inputs["parts"])
     if len(set(p.lower() for p in parts)) != len(parts):
         raise InputError(f"--parts repeats a name: {', '.join(parts)}")
-    category = inputs.get("category") or path.stem.split("_")[0]
-    cloud = read_point_cloud(path, num_points=cfg.num_points, seed=cfg.run.seed)
-    truth = ground_truth_parts(path, cloud, parts)
-    models = TwoDModels(cfg, resolve_device(cfg.run.device))
-    prepared = prepare_shape(cloud.points, cloud.colors, parts, models, truth, cfg.run.seed)
     weights = inputs.get("checkpoint") or cfg.weights
     voting = cfg.voting
+    models: TwoDModels | None = None
     network = None
-    if voting.weighting == "network":
-        if weights:
-            network = load_network(weights, models.feature_dim(len(parts)), cfg.network)
-        else:
-            con.info("no trained weight network (--checkpoint): PartSLIP voting")
-            voting = voting.model_copy(update={"weighting": "none"})
-    with torch.no_grad():
-        sp_labels, confidence = segment_votes(prepared.votes, voting, network, parts, cfg.network.tau)
-    labels = sp_labels[prepared.votes.superpoint].numpy()
-    instances = None
-    if cfg.instances:
-        instances = merge_instances(prepared.votes, sp_labels, confidence, whole_object=voting.whole_object)
-    return write_segmentation(cfg, path, category, parts, cloud, prepared, labels, instances, truth, voting,
-                              weights if network is not None else None)
+    run_path = Path()
+    stems: list[Path] = []
+    records: list[dict[str, Any]] = []
+    for index, path in enumerate(files):
+        category = inputs.get("category") or path.stem.split("_")[0]
+        cloud = read_point_cloud(path, num_points=cfg.num_points, seed=cfg.run.seed)
+        truth = ground_truth_parts(path, cloud, parts)
+        if models is None:
+            # after the first shape reads, so an unreadable first input fails before the (slow) models; then once
+            models = TwoDModels(cfg, resolve_device(cfg.run.device))
+            if voting.weighting == "network":
+                if weights:
+                    network = load_network(weights, models.feature_dim(len(parts)), cfg.network)
+                else:
+                    con.info("no trained weight network (--checkpoint): PartSLIP voting")
+                    voting = voting.model_copy(update={"weighting": "none"})
+            run = RunDir.create(cfg.run.out, cfg.run.name or "partstad")
+            run.save_config(cfg.model_dump(mode="json"))
+            run_path = run.path
+            stems = output_stems(files, run_path)
+        prepared = prepare_shape(cloud.points, cloud.colors, parts, models, truth, cfg.run.seed)
+        with torch.no_grad():
+            sp_labels, confidence = segment_votes(prepared.votes, voting, network, parts, cfg.network.tau)
+        labels = sp_labels[prepared.votes.superpoint].numpy()
+        instances = None
+        if cfg.instances:
+            instances = merge_instances(prepared.votes, sp_labels, confidence, whole_object=voting.whole_object)
+        records.append(write_segmentation(cfg, stems[index], path, category, parts, cloud, prepared, labels,
+                                          instances, truth, voting, weights if network is not None else None))
+    return segment_summary(cfg, run_path, parts, voting, weights if network is not None else None, records)
 
 
 # ================================================================ few-shot training (finetune partstad-fewshot)

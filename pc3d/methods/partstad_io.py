@@ -78,24 +78,22 @@ def _find_meta(path: Path) -> dict[str, list[str]] | None:
 # ---------------------------------------------------------------- `pc3d segment` outputs
 
 
-def write_segmentation(cfg: PartstadSegmentPreset, path: Path, category: str, parts: Sequence[str], cloud: Any,
-                       prepared: PreparedShape, labels: np.ndarray, instances: tuple | None,
+def write_segmentation(cfg: PartstadSegmentPreset, stem: Path, path: Path, category: str, parts: Sequence[str],
+                       cloud: Any, prepared: PreparedShape, labels: np.ndarray, instances: tuple | None,
                        truth: tuple[np.ndarray, np.ndarray] | None, voting: VotingConfig,
                        weights: str | None = None) -> dict[str, Any]:
-    """Write labels, the part-coloured PLY, the contact sheet and summary.json; the summary says which box
-    weighting ran ("box_weights": "partstad" = a trained weight network from `weights`, else a PartSLIP voting
-    baseline), since `segment` falls back to voting when no weights are given."""
+    """Write one shape's labels, part-coloured PLY and contact sheet as `<stem>.*` (stem: its place in the run
+    folder, from pc3d.io.inputs.output_stems); return its record for the batch summary (`segment_summary`)."""
     from rich.table import Table
 
-    from pc3d.io.atomic import atomic_write, write_text_atomic
+    from pc3d.io.atomic import atomic_write
     from pc3d.io.images import write_image
     from pc3d.io.pointcloud import PointCloud, write_point_cloud
-    from pc3d.runs import RunDir
 
-    run = RunDir.create(cfg.run.out, cfg.run.name or "partstad")
-    run.save_config(cfg.model_dump(mode="json"))
-    stem = path.stem
-    with atomic_write(run.path / f"{stem}.labels.npy") as handle:
+    def out(suffix: str) -> Path:
+        return stem.parent / f"{stem.name}.{suffix}"
+
+    with atomic_write(out("labels.npy")) as handle:
         np.save(handle, labels.astype(np.int64), allow_pickle=False)
     palette = part_palette(len(parts))
     colors = np.where(labels[:, None] >= 0, palette[np.maximum(labels, 0)], 160).astype(np.uint8)
@@ -106,43 +104,66 @@ def write_segmentation(cfg: PartstadSegmentPreset, path: Path, category: str, pa
         for k, mask in enumerate(instances[0]):
             instance_ids[mask] = k
         fields["instance"] = instance_ids
-        with atomic_write(run.path / f"{stem}.instances.npy") as handle:
+        with atomic_write(out("instances.npy")) as handle:
             np.save(handle, instance_ids.astype(np.int64), allow_pickle=False)
-    write_point_cloud(run.path / f"{stem}.parts.ply", PointCloud(cloud.points, colors, fields=fields))
+    write_point_cloud(out("parts.ply"), PointCloud(cloud.points, colors, fields=fields))
     sheet = contact_sheet(prepared, labels, parts, cfg.sheet_tile)
-    write_image(run.path / f"{stem}.sheet.png", sheet)
+    write_image(out("sheet.png"), sheet)
     counts = {name: int((labels == i).sum()) for i, name in enumerate(parts)}
     counts["(none)"] = int((labels < 0).sum())
-    summary: dict[str, Any] = {
-        "input": str(path), "category": category, "parts": list(parts), "points": int(len(labels)),
-        "points_per_part": counts, "superpoints": int(len(prepared.votes.sp_size)),
-        "boxes": int(len(prepared.detections.scores)), "weighting": voting.weighting,
-        "box_weights": BOX_WEIGHTS[voting.weighting], "weights": weights if voting.weighting == "network" else None,
-        "detector": cfg.detector.kind, "sam": cfg.sam.enabled,
+    record: dict[str, Any] = {
+        "input": str(path), "category": category, "points": int(len(labels)), "points_per_part": counts,
+        "superpoints": int(len(prepared.votes.sp_size)), "boxes": int(len(prepared.detections.scores)),
         "seconds": {k: round(v, 3) for k, v in prepared.timings.items()},
-        "out": str(run.path),
-        "files": {"labels": str(run.path / f"{stem}.labels.npy"), "ply": str(run.path / f"{stem}.parts.ply"),
-                  "sheet": str(run.path / f"{stem}.sheet.png")},
+        "files": {"labels": str(out("labels.npy")), "ply": str(out("parts.ply")), "sheet": str(out("sheet.png"))},
     }
     if instances is not None:
-        summary["instances"] = int(len(instances[1]))
-        summary["files"]["instances"] = str(run.path / f"{stem}.instances.npy")
+        record["instances"] = int(len(instances[1]))
+        record["files"]["instances"] = str(out("instances.npy"))
     if truth is not None and (truth[0] >= 0).any():
         from pc3d.metrics import partnet_miou
 
-        summary["miou"] = partnet_miou([(labels, truth[0])], len(parts))["miou"]
-    write_text_atomic(run.path / "summary.json", json.dumps(summary, indent=2))
+        record["miou"] = partnet_miou([(labels, truth[0])], len(parts))["miou"]
     if not con.is_quiet():
         ran = (f"PartSTAD box weights ({weights})" if voting.weighting == "network"
                else f"PartSLIP voting baseline (weighting {voting.weighting}, no weight network)")
-        con.info(f"{stem}: {ran}")
-        table = Table(title=f"{stem}: points per part")
+        con.info(f"{path.name}: {ran}")
+        table = Table(title=f"{path.name}: points per part")
         table.add_column("part")
         table.add_column("points", justify="right")
         table.add_column("share", justify="right")
         for name, count in counts.items():
             table.add_row(name, str(count), f"{count / max(len(labels), 1):.1%}")
         con.console.print(table)
+    return record
+
+
+def segment_summary(cfg: PartstadSegmentPreset, run_path: Path, parts: Sequence[str], voting: VotingConfig,
+                    weights: str | None, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch's summary (stdout JSON and `<run>/summary.json`, written atomically): the shared settings, the
+    per-part point totals and one record per input. The summary says which box weighting ran ("box_weights":
+    "partstad" = a trained weight network from `weights`, else a PartSLIP voting baseline), since `segment` falls
+    back to voting when no weights are given."""
+    from pc3d.io.atomic import write_text_atomic
+
+    totals: dict[str, int] = {}
+    for record in records:
+        for name, count in record["points_per_part"].items():
+            totals[name] = totals.get(name, 0) + count
+    summary: dict[str, Any] = {
+        "parts": list(parts), "weighting": voting.weighting, "box_weights": BOX_WEIGHTS[voting.weighting],
+        "weights": weights if voting.weighting == "network" else None, "detector": cfg.detector.kind,
+        "sam": cfg.sam.enabled, "out": str(run_path), "points_per_part": totals, "inputs": records,
+    }
+    labelled = [r["miou"] for r in records if "miou" in r]
+    if labelled:  # PartNet's instance average: the mean of the per-shape mIoUs
+        summary["mean_miou"] = float(np.mean(labelled))
+    if len(records) == 1:
+        # the single-shape keys callers of `pc3d segment FILE --json` read (files, points, boxes, miou, ...) stay
+        # at the top
+        summary.update({k: v for k, v in records[0].items() if k not in summary})
+        summary["points_per_part"] = records[0]["points_per_part"]
+    write_text_atomic(run_path / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

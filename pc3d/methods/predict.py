@@ -19,10 +19,8 @@ the code its evaluation runs (the evaluation dataset classes and `validation_ste
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import torch
 from pc3d import console as con
 from pc3d.errors import InputError
 from pc3d.io.atomic import write_bytes_atomic, write_text_atomic
+from pc3d.io.inputs import expand_inputs, output_stems
 
 # method of the saved config -> what it is and how a user trains one (the message for a wrong checkpoint)
 PREDICT_TASKS: dict[str, str] = {
@@ -48,46 +47,6 @@ NORMAL_RADIUS, NORMAL_NEIGHBOURS = 0.1, 30  # metres: indoor-scene normals for i
 
 def tasks_line() -> str:
     return "; ".join(f"{method}: {what}" for method, what in PREDICT_TASKS.items())
-
-
-# ------------------------------------------------------------------------------------------ inputs
-
-
-def expand_inputs(specs: list[str]) -> list[Path]:
-    """Files, folders (their readable point-cloud files, not recursive) and globs -> sorted unique files."""
-    from pc3d.io.pointcloud import MESH_SUFFIXES, POINT_SUFFIXES
-
-    readable = POINT_SUFFIXES + MESH_SUFFIXES
-    files: list[Path] = []
-    for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_file():
-            found = [path]
-        elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                           and p.suffix.lower() in readable)
-            if not found:
-                raise InputError(f"{spec}: a folder without point-cloud files ({' '.join(readable)})")
-        elif glob.has_magic(spec):
-            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True)
-                           if Path(p).is_file() and Path(p).suffix.lower() in readable)
-            if not found:
-                raise InputError(f"{spec}: the pattern matches no point-cloud file")
-        else:
-            raise InputError(f"input not found: {spec}")
-        files += found
-    unique: dict[Path, Path] = {}
-    for f in files:  # a file named twice (a folder and a glob over it) is predicted once
-        unique.setdefault(f.resolve(), f)
-    return list(unique.values())
-
-
-def output_stems(files: list[Path], run_dir: Path) -> list[Path]:
-    """Per input, its outputs' path without suffix: the input's place below the inputs' common folder, mirrored
-    in the run folder, so same-named scans of different folders (KITTI sequences) never overwrite each other."""
-    resolved = [f.resolve() for f in files]
-    root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
-    return [run_dir / p.relative_to(root).parent / p.stem for p in resolved]
 
 
 # ------------------------------------------------------------------------------------------ checkpoint

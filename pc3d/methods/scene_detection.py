@@ -410,60 +410,108 @@ def top_view(points: np.ndarray, colors: np.ndarray | None, boxes: np.ndarray, l
     return image
 
 
-def detect(request: Any) -> dict[str, Any]:
-    """`pc3d detect SCENE`: boxes of one scene -> rich table, JSON, wireframe PLY, NPZ (for `pc3d eval det`)
-    and a top-view PNG next to the input (or under --out)."""
-    from pc3d import console as con
-    from pc3d.io.atomic import atomic_write, write_text_atomic
-    from pc3d.io.images import write_image
-    from pc3d.io.pointcloud import read_point_cloud
-
-    config = request.config
-    cloud_path = Path(request.inputs["cloud"])
-    spec = request.inputs.get("checkpoint") or request.init_from or config.weights
-    if not spec:
-        raise InputError("pc3d detect needs a detector: --checkpoint FILE|hf://owner/repo "
-                         "(train one with `pc3d finetune det-scannet`)")
-    cloud = read_point_cloud(cloud_path)
-    method, model_config = load_detector(str(spec), config)
-    device = resolve_device(config.run.device)
-    method.to(device).eval()
-    rng = np.random.default_rng(config.run.seed)
+def detect_scene(method: SceneDetection, model_config: Any, cloud: Any, threshold: float, seed: int,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes, labels, scores of one scene: data.num_points points drawn with the run seed (repeatable)."""
+    rng = np.random.default_rng(seed)
     n, wanted = len(cloud.points), model_config.data.num_points
     pick = rng.permutation(n)[:wanted] if n >= wanted else rng.choice(n, wanted)
     colors = cloud.colors.astype(np.float32) if cloud.colors is not None else np.full((n, 3), 128.0, np.float32)
     batch = {"points": torch.from_numpy(cloud.points[pick]).unsqueeze(0).to(device),
              "colors": torch.from_numpy((colors[pick] - COLOR_MEAN) / 256.0).unsqueeze(0).to(device)}
-    boxes, labels, scores = method.predict(batch, config.detect.threshold, per_class=False,
-                                           seed=config.run.seed)[0]
-    records = box_records(boxes, labels, scores, method.names)
+    return method.predict(batch, threshold, per_class=False, seed=seed)[0]
 
-    folder = Path(config.run.out) if "out" in config.run.model_fields_set else cloud_path.parent
+
+def write_detections(stem: Path, source: Path, spec: str, threshold: float, names: tuple[str, ...], cloud: Any,
+                     boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                     records: list[dict]) -> dict[str, str]:
+    """<stem>.boxes.json / .ply / .npz (for `pc3d eval det`) / .png, each written atomically."""
+    from pc3d.io.atomic import atomic_write, write_text_atomic
+    from pc3d.io.images import write_image
+
     # <scene>.boxes.<ext>: never the input's own name, whatever its suffix
-    outputs = {ext: str(folder / f"{cloud_path.stem}.boxes.{ext}") for ext in ("json", "ply", "npz", "png")}
-    summary = {"input": str(cloud_path), "checkpoint": str(spec), "threshold": config.detect.threshold,
-               "classes": list(method.names), "boxes": records}
+    outputs = {ext: str(stem.parent / f"{stem.name}.boxes.{ext}") for ext in ("json", "ply", "npz", "png")}
+    summary = {"input": str(source), "checkpoint": spec, "threshold": threshold, "classes": list(names),
+               "boxes": records}
     write_text_atomic(outputs["json"], json.dumps(summary, indent=1))
     write_box_wireframes(Path(outputs["ply"]), boxes, labels)
     with atomic_write(outputs["npz"], "wb") as handle:
         np.savez(handle, boxes=boxes, labels=labels.astype(np.int64), scores=scores)
     write_image(outputs["png"], top_view(cloud.points, cloud.colors, boxes, labels))
+    return outputs
 
-    if not con.is_quiet():
-        from rich.table import Table
 
-        table = Table(title=f"{len(records)} boxes in {cloud_path.name} (score >= {config.detect.threshold})")
-        for column in ("class", "score", "centre (x, y, z)", "size (dx, dy, dz)"):
-            table.add_column(column)
-        for r in records:
-            table.add_row(r["class"], f"{r['score']:.3f}", ", ".join(f"{v:.2f}" for v in r["center"]),
-                          ", ".join(f"{v:.2f}" for v in r["size"]))
-        con.console.print(table)
-    per_class: dict[str, int] = {}
-    for r in records:
-        per_class[r["class"]] = per_class.get(r["class"], 0) + 1
-    result: dict[str, Any] = {"input": str(cloud_path), "detections": len(records), "per_class": per_class,
-                              "outputs": outputs}
-    if con.is_quiet():  # --json: scripts get every box; people already saw the table
-        result["boxes"] = records
+def detect(request: Any) -> dict[str, Any]:
+    """`pc3d detect INPUT...`: boxes of every scene -> rich table, JSON, wireframe PLY, NPZ (for `pc3d eval det`)
+    and a top-view PNG per scene under <out>/detect/<time>/ (never next to the inputs, which may be read-only or
+    shared, and which a second run would overwrite)."""
+    from pc3d import console as con
+    from pc3d.io.atomic import write_text_atomic
+    from pc3d.io.inputs import expand_inputs, output_stems
+    from pc3d.io.pointcloud import read_point_cloud
+    from pc3d.runs import RunDir
+
+    config = request.config
+    files = expand_inputs(request.inputs["clouds"])  # a missing input fails before the model loads
+    spec = request.inputs.get("checkpoint") or request.init_from or config.weights
+    if not spec:
+        raise InputError("pc3d detect needs a detector: --checkpoint FILE|hf://owner/repo "
+                         "(train one with `pc3d finetune det-scannet`)")
+    spec = str(spec)
+    threshold = config.detect.threshold
+    device = resolve_device(config.run.device)
+    method: SceneDetection | None = None
+    model_config: Any = None
+    run_dir: RunDir | None = None
+    stems: list[Path] = []
+    records: list[dict[str, Any]] = []
+    totals: dict[str, int] = {}
+    for index, source in enumerate(files):
+        cloud = read_point_cloud(source)
+        if method is None:
+            # loaded after the first scene reads, so an unreadable first input fails before the (slow) model;
+            # then once for the whole batch
+            method, model_config = load_detector(spec, config)
+            method.to(device).eval()
+            # the run folder only once something will go into it
+            run_dir = RunDir.create(config.run.out, "detect")
+            run_dir.checkpoints.rmdir()  # the run-folder convention makes checkpoints/; detect writes none
+            stems = output_stems(files, run_dir.path)
+        boxes, labels, scores = detect_scene(method, model_config, cloud, threshold, config.run.seed, device)
+        boxes_json = box_records(boxes, labels, scores, method.names)
+        outputs = write_detections(stems[index], source, spec, threshold, method.names, cloud, boxes, labels,
+                                   scores, boxes_json)
+        per_class: dict[str, int] = {}
+        for r in boxes_json:
+            per_class[r["class"]] = per_class.get(r["class"], 0) + 1
+            totals[r["class"]] = totals.get(r["class"], 0) + 1
+        record: dict[str, Any] = {"input": str(source), "points": len(cloud.points), "detections": len(boxes_json),
+                                  "per_class": per_class, "outputs": outputs}
+        if con.is_quiet():  # --json: scripts get every box; people see the table
+            record["boxes"] = boxes_json
+        else:
+            _print_boxes(boxes_json, source, threshold)
+        records.append(record)
+    assert run_dir is not None  # expand_inputs never returns an empty list
+    result: dict[str, Any] = {"run_dir": str(run_dir.path), "checkpoint": spec, "threshold": threshold,
+                              "detections": sum(r["detections"] for r in records), "per_class": totals,
+                              "inputs": records}
+    if len(records) == 1:
+        # the single-scene keys callers of `pc3d detect SCENE --json` read (input, outputs, boxes) stay at the top
+        result.update({k: v for k, v in records[0].items() if k not in result})
+    write_text_atomic(run_dir.path / "summary.json", json.dumps(result, indent=1))
     return result
+
+
+def _print_boxes(records: list[dict], source: Path, threshold: float) -> None:
+    from rich.table import Table
+
+    from pc3d import console as con
+
+    table = Table(title=f"{len(records)} boxes in {source.name} (score >= {threshold})")
+    for column in ("class", "score", "centre (x, y, z)", "size (dx, dy, dz)"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(r["class"], f"{r['score']:.3f}", ", ".join(f"{v:.2f}" for v in r["center"]),
+                      ", ".join(f"{v:.2f}" for v in r["size"]))
+    con.console.print(table)
