@@ -35,6 +35,9 @@ class ObjectDataConfig(DataConfig):
     scan_variant: Literal["obj_bg", "obj_only", "pb_t50_rs"] = Field(
         "pb_t50_rs", description="ScanObjectNN split (OBJ-BG, OBJ-ONLY, PB-T50-RS)")
     synthetic_test_count: int = Field(32, ge=1, description="test samples generated when source=synthetic")
+    synthetic_val_count: int = Field(0, ge=0, le=1_000_000, description="classification, source=synthetic: "
+                                     "validation samples of their own (disjoint from train and test) that pick "
+                                     "the best checkpoint; 0: validate on the test split")
     augment: bool = Field(True, description="training: random per-axis scale [2/3,3/2] + translate [-0.2,0.2] "
                           "(part segmentation: one scale U[0.8,1.25] per cloud + shift [-0.1,0.1], as Point-MAE's "
                           "segmentation/main.py)")

@@ -139,10 +139,13 @@ class ObjectClassification(Method):
 
 
 def build_classification(config: Any, rank: int) -> Any:
-    from pc3d.data.readers.objects import classification_sets
+    from pc3d.data.readers.objects import classification_sets, classification_train_val
     from pc3d.engine.trainer import TrainingSetup
 
-    train, test, num_classes = classification_sets(reader_data(config.data), config.run.seed)
+    if getattr(config, "method", "") == "object-fewshot":  # the few-shot protocol reports its best test OA
+        train, test, num_classes = classification_sets(reader_data(config.data), config.run.seed)
+    else:  # with a val split the test split is not built here: selection (val/oa) never sees it
+        train, test, num_classes = classification_train_val(reader_data(config.data), config.run.seed)
     train, test, num_classes = _fewshot_fold(config, train, test, num_classes)
     torch.manual_seed(config.run.seed)
     method = ObjectClassification(config, num_classes)
@@ -208,23 +211,39 @@ def _trained_method(config: Any, result: dict[str, Any], build: Any) -> Method:
 
 
 def run_classification(request: Any) -> dict[str, Any]:
-    """Finetune, then test the best checkpoint once plainly and with `votes` votes."""
-    from pc3d.data.readers.objects import classification_sets
+    """Finetune (the best checkpoint is chosen by val/oa on the val split), then evaluate that checkpoint
+    once on the val split (`val_oa`) and once on the test split, plainly and with `votes` votes (`test_oa*`).
+
+    The test split is built only after training, so selection cannot read it. For the synthetic objects
+    with `data.synthetic_val_count` > 0 val and test are disjoint; otherwise (the public datasets) val is
+    the test split and `selection.split` says "test"."""
+    from pc3d.data.readers.objects import classification_splits
     from pc3d.engine.trainer import fit
 
     config = request.config
     result = fit(request, build_classification)
     method = _trained_method(config, result, build_classification).to(resolve_device(config.run.device))
-    _, test, _ = classification_sets(reader_data(config.data), config.run.seed)
+    _, val, test, _ = classification_splits(reader_data(config.data), config.run.seed)
+    separate_val = val is not test
+    val_scores = evaluate_classifier(method, val, 0, config.train.batch_size, config.run.seed)
     scores = evaluate_classifier(method, test, config.votes, config.train.batch_size, config.run.seed,
                                  config.vote_rounds)
-    summary = {"test_oa": scores["single"]["oa"], "test_macc": scores["single"]["macc"]}
+    best = result.get("best") or {}
+    summary: dict[str, Any] = {
+        "selection": {"metric": best.get("metric"), "split": "val" if separate_val else "test",
+                      "checkpoint": "best" if result.get("checkpoints", {}).get("best") else "last",
+                      "epoch": best.get("epoch"),
+                      "val_samples": len(val), "test_samples": len(test)},  # type: ignore[arg-type]
+        "val_oa": val_scores["single"]["oa"], "val_macc": val_scores["single"]["macc"],
+        "test_oa": scores["single"]["oa"], "test_macc": scores["single"]["macc"]}
     if "vote" in scores:
         summary.update(test_oa_vote=scores["vote"]["oa"], test_macc_vote=scores["vote"]["macc"])
     if "vote_best_oa" in scores:
         summary["test_oa_vote_best"] = scores["vote_best_oa"]
     if result.get("run_dir"):
-        write_text_atomic(Path(result["run_dir"]) / "test_metrics.json", json.dumps(scores, indent=2))
+        write_text_atomic(Path(result["run_dir"]) / "test_metrics.json",
+                          json.dumps({**scores, "val": val_scores["single"], "selection": summary["selection"]},
+                                     indent=2))
     return {**result, **summary}
 
 

@@ -11,8 +11,10 @@ from torch.utils.data import Dataset
 
 from pc3d.errors import ConfigError
 
-# the test/validation objects of the synthetic benchmark come from their own index range
+# the test and validation objects of the synthetic benchmark come from their own index ranges (train: 0..),
+# so no generated shape is in two splits (object_rng(seed, index) gives each index its own stream)
 SYNTHETIC_TEST_OFFSET = 1_000_000
+SYNTHETIC_VAL_OFFSET = 2_000_000
 
 
 class SyntheticObjects(Dataset):
@@ -131,6 +133,32 @@ def classification_sets(data: Any, seed: int) -> tuple[Dataset, Dataset, int]:
         return train, ScanObjectNN(data.root, data.scan_variant, "test", data.num_points), 15
     raise ConfigError(f"data.dataset '{data.dataset}' is not a classification dataset "
                       "(modelnet40, scanobjectnn)")
+
+
+def has_val_split(data: Any) -> bool:
+    """Synthetic objects with `synthetic_val_count` > 0 have a val split of their own (index range
+    SYNTHETIC_VAL_OFFSET.., disjoint from train and test); the public datasets ship none (Point-MAE's
+    protocol validates on test)."""
+    return data.source == "synthetic" and getattr(data, "synthetic_val_count", 0) > 0
+
+
+def synthetic_val_set(data: Any, seed: int) -> SyntheticObjects:
+    return SyntheticObjects(data.synthetic_val_count, seed, data.num_points, index_offset=SYNTHETIC_VAL_OFFSET)
+
+
+def classification_train_val(data: Any, seed: int) -> tuple[Dataset, Dataset, int]:
+    """(train, val, number of classes): what training fits and validates on (the best checkpoint is chosen
+    on `val`). With a val split of its own the test split is not even generated here."""
+    if has_val_split(data):
+        train = SyntheticObjects(data.synthetic_count, seed, data.num_points)
+        return train, synthetic_val_set(data, seed), len(train.classes)
+    return classification_sets(data, seed)
+
+
+def classification_splits(data: Any, seed: int) -> tuple[Dataset, Dataset, Dataset, int]:
+    """(train, val, test, number of classes); `val` is `test` itself when there is no val split."""
+    train, test, num_classes = classification_sets(data, seed)
+    return train, synthetic_val_set(data, seed) if has_val_split(data) else test, test, num_classes
 
 
 def pretrain_sets(config: Any) -> tuple[Dataset, Dataset | None]:
