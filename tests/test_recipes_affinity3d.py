@@ -7,21 +7,12 @@ shared/reference/affinity3d.md, marked [inf] there); known deviations are in DEV
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-
-from pc3d.config import load_preset, validate_preset
+from recipes import check_recipe, shipped
 
 FULL_PRESETS = ("affinity3d", "affinity3d-kitti", "affinity3d-semantickitti")
 KITTI_TRAIN = ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"]
 
-
-def value(config: Any, path: str) -> Any:
-    node = config
-    for part in path.split("."):
-        node = getattr(node, part)
-    return list(node) if isinstance(node, tuple) else node
 
 
 PSEUDO = [  # the pseudo-labeller; affinity3d-kitti extends affinity3d with the real data folder
@@ -91,24 +82,15 @@ ROWS = ([("affinity3d", k, v, s) for k, v, s in PSEUDO + UNSPECIFIED_PSEUDO]
         + [(p, k, v, why) for p, k, v, why in DEVIATIONS])
 
 
-@pytest.fixture(scope="module")
-def configs() -> dict[str, Any]:
-    return {name: validate_preset(load_preset(name, variant_of=None), name) for name in FULL_PRESETS}
-
-
 @pytest.mark.parametrize(("preset", "key", "expected", "source"), ROWS,
                          ids=[f"{p}:{k}" for p, k, _, _ in ROWS])
-def test_full_preset_value(configs, preset, key, expected, source):
-    got = value(configs[preset], key)
-    if isinstance(expected, float):
-        assert got == pytest.approx(expected), f"{preset} {key} = {got}, expected {expected} ({source})"
-    else:
-        assert got == expected, f"{preset} {key} = {got}, expected {expected} ({source})"
+def test_full_preset_value(preset, key, expected, source):
+    check_recipe(preset, key, expected, source)
 
 
-def test_real_data_presets_read_semantickitti(configs):
-    assert configs["affinity3d-kitti"].data.source == "folder"  # 4.1: SemanticKITTI, not the synthetic frames
-    assert configs["affinity3d-semantickitti"].data.source == "folder"
+def test_real_data_presets_read_semantickitti():
+    assert shipped("affinity3d-kitti").data.source == "folder"  # 4.1: SemanticKITTI, not the synthetic frames
+    assert shipped("affinity3d-semantickitti").data.source == "folder"
 
 
 def test_zero_shot_split_and_schema_defaults():

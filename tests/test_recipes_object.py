@@ -17,17 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from recipes import check_recipe, shipped
 
-from pc3d.config import load_preset, validate_preset
-
-
-def value(config: Any, path: str) -> Any:
-    """config.a.b.c for path "a.b.c"; tuples become lists so YAML lists compare equal."""
-    node = config
-    for part in path.split("."):
-        node = getattr(node, part)
-    return list(node) if isinstance(node, tuple) else node
-
+from pc3d.config import validate_preset
 
 BACKBONE = {"model.dim": 384, "model.depth": 12, "model.heads": 6, "model.group_size": 32}
 
@@ -156,27 +148,17 @@ RECIPES: list[tuple[str, str, Any, str]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def presets() -> dict[str, Any]:
-    names = sorted({row[0] for row in RECIPES})
-    return {name: validate_preset(load_preset(name), name) for name in names}
-
-
 @pytest.mark.parametrize(("preset", "key", "expected", "source"), RECIPES,
                          ids=[f"{p}:{k}" for p, k, _, _ in RECIPES])
-def test_full_preset_carries_the_published_recipe(presets, preset, key, expected, source):
-    got = value(presets[preset], key)
-    if isinstance(expected, float):
-        assert got == pytest.approx(expected), f"{preset} {key}: {got!r}, {source} says {expected!r}"
-    else:
-        assert got == expected, f"{preset} {key}: {got!r}, {source} says {expected!r}"
+def test_full_preset_carries_the_published_recipe(preset, key, expected, source):
+    check_recipe(preset, key, expected, source)
 
 
 def test_quickstarts_stay_cpu_sized_and_keep_the_protocol_switches():
     """Quickstarts may shrink sizes, not drop the protocol: cd_grad follows the release, ModelNet votes resample."""
-    geo = validate_preset(load_preset("geomask3d-quickstart"), "geomask3d-quickstart")
+    geo = shipped("geomask3d-quickstart")
     assert geo.cd_grad is False and geo.model.dim < 384
-    mn = validate_preset(load_preset("cls-modelnet40-quickstart"), "cls-modelnet40-quickstart")
+    mn = shipped("cls-modelnet40-quickstart")
     assert mn.data.fps_pool is not None and mn.data.fps_pool > mn.data.num_points
 
 

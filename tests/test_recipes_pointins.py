@@ -9,27 +9,12 @@ Sources: shared/reference/pointins.md (section 6 = the paper: Table 9, Algorithm
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-
-from pc3d.config import load_preset, validate_preset
-
-
-@functools.cache
-def preset(name: str) -> Any:
-    return validate_preset(load_preset(name), name)
-
-
-def value(config: Any, path: str) -> Any:
-    node = config
-    for part in path.split("."):
-        node = getattr(node, part)
-    return list(node) if isinstance(node, tuple) else node
-
+from recipes import check_recipe, shipped
 
 INDOOR = ("pointins", "pointins-large", "pointins-s3dis")
 PRETRAIN = (*INDOOR, "pointins-outdoor", "sonata", "sonata-large")
@@ -130,11 +115,7 @@ RECIPES: list[tuple[str, str, Any, str]] = [
 
 @pytest.mark.parametrize("name,key,want,ref", RECIPES, ids=[f"{r[0]}:{r[1]}" for r in RECIPES])
 def test_preset_value_matches_the_paper(name: str, key: str, want: Any, ref: str) -> None:
-    got = value(preset(name), key)
-    if isinstance(want, float):
-        assert got == pytest.approx(want), f"{name} {key} = {got}, want {want} ({ref})"
-    else:
-        assert got == want, f"{name} {key} = {got}, want {want} ({ref})"
+    check_recipe(name, key, want, ref)
 
 
 @pytest.mark.parametrize("name,millions", [("pointins", 38), ("sonata", 38), ("pointins-large", 108),
@@ -144,7 +125,7 @@ def test_encoder_sizes(name: str, millions: int) -> None:
     from pc3d.methods.sonata import build_encoder
 
     torch.manual_seed(0)
-    count = sum(p.numel() for p in build_encoder(preset(name).model).parameters())
+    count = sum(p.numel() for p in build_encoder(shipped(name).model).parameters())
     assert int(count // 1_000_000) == millions, f"{name}: {count / 1e6:.1f}M encoder parameters"
 
 
@@ -155,7 +136,7 @@ def test_every_pointins_and_sonata_preset_warms_up_by_the_ratio() -> None:
     names = [n for n in available_presets("pretrain") if n.startswith(("pointins", "sonata"))]
     assert len(names) > 10
     for name in names:
-        optim = preset(name).optim
+        optim = shipped(name).optim
         assert (optim.warmup_ratio, optim.warmup_epochs) == (0.05, None), name
 
 
@@ -378,7 +359,7 @@ def test_scr_centre_defaults_to_the_mean_of_the_points() -> None:
     from pc3d.methods.pointins import spatial_clustering_regularization
 
     assert OffsetConfig().centroid == "coordinates"
-    assert preset("pointins-ablation-predicted-centroid").offset.centroid == "predicted"
+    assert shipped("pointins-ablation-predicted-centroid").offset.centroid == "predicted"
     coord = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0]])
     offsets = torch.tensor([[0.1, 0, 0], [0.0, 0, 0], [0.3, 0, 0]])
     default, valid = spatial_clustering_regularization(coord, offsets, torch.ones(3, 2), k=1, iters=2, knn=3,
@@ -393,12 +374,12 @@ def test_scr_centre_defaults_to_the_mean_of_the_points() -> None:
 
 def test_ablation_presets_switch_one_thing() -> None:
     """Each quickstart ablation differs from pointins-quickstart only in its offset switch."""
-    base = preset("pointins-quickstart").model_dump()
+    base = shipped("pointins-quickstart").model_dump()
     cases = {"pointins-ablation-loff-only": {"odr": False, "scr": False},
              "pointins-ablation-student-odr": {"odr_source": "student"},
              "pointins-ablation-predicted-centroid": {"centroid": "predicted"}}
     for name, switch in cases.items():
-        dumped = preset(name).model_dump()
+        dumped = shipped(name).model_dump()
         changed = {k: v for k, v in dumped["offset"].items() if base["offset"][k] != v}
         assert changed == switch, name
         assert {k: v for k, v in dumped.items() if k not in ("offset", "description")} == \
