@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pc3d.data.readers._common import load_npy
 from pc3d.errors import InputError
 
 
@@ -64,12 +65,7 @@ def _fail(problem: str) -> InputError:
 
 
 def load(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise _fail(f"{path}: missing")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise _fail(f"{path}: unreadable or truncated ({exc})") from None
+    return load_npy(path, "data check")
 
 
 def check_coord(path: Path, coord: np.ndarray) -> None:

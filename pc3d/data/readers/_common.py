@@ -1,12 +1,24 @@
-"""Helpers shared by the object readers."""
+"""Helpers shared by the readers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pc3d.errors import InputError
+
+
+@dataclass
+class SceneRecord:
+    """One detection scene, whatever the dataset (ScanNet's 3DETR layout, SUN RGB-D)."""
+
+    name: str
+    points: np.ndarray  # (N, 3) float32
+    colors: np.ndarray | None  # (N, 3) uint8 or None
+    boxes: np.ndarray  # (K, 6) float64 cx cy cz dx dy dz (axis-aligned)
+    labels: np.ndarray  # (K,) int64 index into the dataset's class names
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -19,6 +31,16 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise InputError(f"{what}: missing folder {path}")
     return path
+
+
+def load_npy(path: Path, what: str) -> np.ndarray:
+    """A plain .npy array (never a pickle); a missing, unreadable or truncated file is one line of error."""
+    require_file(path, what)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        reason = " ".join(str(exc).split())  # numpy's messages can span lines; the error stays one line
+        raise InputError(f"{what}: cannot read {path}: unreadable or truncated ({reason})") from None
 
 
 def read_lines(path: Path, what: str) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pc3d.data.labels import SCANNET20_NAMES, SCANNET20_NYU40_IDS
-from pc3d.data.readers._common import require_dir
+from pc3d.data.readers._common import load_npy, require_dir
 from pc3d.errors import InputError
 
 SCANNET_SPLITS = ("train", "val", "test")
@@ -24,15 +24,6 @@ SCANNET_CLASSES: tuple[str, ...] = SCANNET20_NAMES
 SCANNET_STUFF: tuple[int, ...] = (0, 1)
 SCANNET_INSTANCE_CLASSES: tuple[int, ...] = tuple(range(2, 20))
 REQUIRED = ("coord", "color", "normal")
-
-
-def load_npy(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"{what}: missing file {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{what}: cannot read {path} ({exc})") from None
 
 
 def check_scene(sample: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -16,41 +16,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pc3d.data.labels import SCANNET20_NAMES, SCANNET_DET_NYU40_IDS
-from pc3d.data.readers._common import read_lines, require_dir
+from pc3d.data.readers._common import SceneRecord, load_npy, read_lines, require_dir
 from pc3d.errors import InputError
 
 DET_CLASS_NAMES: tuple[str, ...] = SCANNET20_NAMES[2:]  # cabinet ... otherfurniture (garbagebin in 3DETR)
 _NYU40_TO_DET = {nyu: i for i, nyu in enumerate(SCANNET_DET_NYU40_IDS)}
 
 
-@dataclass
-class SceneRecord:
-    name: str
-    points: np.ndarray  # (N, 3) float32
-    colors: np.ndarray | None  # (N, 3) uint8 or None
-    boxes: np.ndarray  # (K, 6) float64 cx cy cz dx dy dz (axis-aligned)
-    labels: np.ndarray  # (K,) int64 index into the dataset's class names
-
-
 def nyu40_to_det(ids: np.ndarray) -> np.ndarray:
     """NYU40 ids -> detection class index 0..17, -1 for classes that are not detected."""
     return np.array([_NYU40_TO_DET.get(int(i), -1) for i in np.asarray(ids).reshape(-1)], dtype=np.int64)
-
-
-def load_npy(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"{what}: missing file {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{what}: cannot read {path} ({exc})") from None
 
 
 def _check_table(path: Path, array: np.ndarray, columns: int, what: str) -> np.ndarray:

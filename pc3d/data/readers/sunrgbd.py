@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pc3d.data.readers._common import require_dir
-from pc3d.data.readers.scannet_detection import SceneRecord, load_npy
+from pc3d.data.readers._common import SceneRecord, load_npy, require_dir
 from pc3d.errors import InputError
 
 SUNRGBD_CLASSES: tuple[str, ...] = ("bed", "table", "sofa", "chair", "toilet", "desk", "dresser", "night_stand",
