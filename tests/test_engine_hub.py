@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from pc3d.engine.checkpoint import load_weights, read_checkpoint
-from pc3d.engine.hub import parse_hub_spec, push_to_hub, resolve_weights
+from pc3d.engine.hub import parse_hub_spec, resolve_weights
+from pc3d.engine.publish import push_to_hub
 from pc3d.engine.trainer import fit
 from pc3d.errors import InputError
 from pc3d.runs import RunRequest

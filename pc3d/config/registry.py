@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 from pc3d.config.base import PresetBase
 from pc3d.errors import NotBuiltError
@@ -34,9 +35,8 @@ _INFRASTRUCTURE = {"base", "loading", "registry"}
 
 def load_all_schemas() -> None:
     """Import every schema module of pc3d.config (each registers its methods)."""
-    import pc3d.config as package
-
-    for info in pkgutil.iter_modules(package.__path__):
+    # the folder of this module, not `import pc3d.config`: the package imports this module
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name not in _INFRASTRUCTURE:
             importlib.import_module(f"pc3d.config.{info.name}")
 

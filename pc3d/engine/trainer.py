@@ -114,7 +114,7 @@ def fit(request: RunRequest, build: BuildFn) -> dict[str, Any]:
         plan = _Plan(request, topology, run_path, resume_from, quiet, verbose, lines=lines)
         result = _launch(plan, build) if topology.mode == "launch" else _worker(plan, build)
     if request.push_to_hub and result.get("rank", 0) == 0:
-        from pc3d.engine.hub import push_to_hub
+        from pc3d.engine.publish import push_to_hub
 
         result["hub"] = push_to_hub(result["run_dir"], request.push_to_hub)
     result.pop("rank", None)

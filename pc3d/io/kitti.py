@@ -15,7 +15,7 @@ import numpy as np
 
 from pc3d.io._common import input_error, read_bytes, read_text
 from pc3d.io.atomic import atomic_write, write_text_atomic
-from pc3d.io.pointcloud import PointCloud, make_cloud
+from pc3d.io.cloud import PointCloud, make_cloud
 
 RIGID_KEYS = ("Tr", "Tr_velo_to_cam", "Tr_imu_to_velo", "Tr_cam_to_road")
 NON_NUMERIC_KEYS = ("calib_time",)  # raw KITTI calib files carry a timestamp line

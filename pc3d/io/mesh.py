@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from pc3d.io._common import decode_text, existing_file, input_error, read_bytes, read_text, suffix_of
-from pc3d.io.pointcloud import PointCloud
+from pc3d.io.cloud import PointCloud
 
 MESH_READ_SUFFIXES = (".off", ".obj", ".stl", ".ply")
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from pc3d.io._common import decode_text, input_error, read_bytes, write_text_rows
 from pc3d.io.atomic import atomic_write
+from pc3d.io.cloud import PointCloud, cloud_from_columns, pack_rgb
 from pc3d.io.lzf import LzfError, lzf_compress, lzf_decompress
-from pc3d.io.pointcloud import PointCloud, cloud_from_columns, pack_rgb
 
 DATA_KINDS = ("ascii", "binary", "binary_compressed")
 HEADER_KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")

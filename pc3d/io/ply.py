@@ -15,7 +15,7 @@ import numpy as np
 
 from pc3d.io._common import decode_text, input_error, read_bytes, write_text_rows
 from pc3d.io.atomic import atomic_write
-from pc3d.io.pointcloud import PointCloud, cloud_from_columns, cloud_to_columns
+from pc3d.io.cloud import PointCloud, cloud_from_columns, cloud_to_columns
 
 PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",

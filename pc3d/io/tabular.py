@@ -19,7 +19,7 @@ import numpy as np
 
 from pc3d.io._common import input_error, read_text, suffix_of, write_text_rows
 from pc3d.io.atomic import atomic_write
-from pc3d.io.pointcloud import PointCloud, cloud_from_columns, cloud_to_columns, make_cloud
+from pc3d.io.cloud import PointCloud, cloud_from_columns, cloud_to_columns, make_cloud
 
 COLUMN_LAYOUTS: dict[int, tuple[str, ...]] = {
     3: ("x", "y", "z"),
