@@ -329,12 +329,12 @@ def test_modelnet40_resampled_layout_and_fps_cache(tmp_path):
     coordinate = table[np.arange(len(table)), axis]
     face = np.where(positive, table[:, :3].max(axis=0)[axis], table[:, :3].min(axis=0)[axis])
     assert (np.abs(coordinate - face) < 2e-6).all()
-    with np.load(root / "modelnet40_train_1024pts_fps.npz", allow_pickle=False) as cache:
-        assert cache["points"].shape == (2, 1024, 6) and cache["labels"].tolist() == [0, 1]
+    with np.load(root / "modelnet40_train_2048pts_fps.npz", allow_pickle=False) as cache:
+        assert cache["points"].shape == (2, 2048, 6) and cache["labels"].tolist() == [0, 1]
         assert cache["ids"].tolist() == ["airplane_0001", "chair_0001"]
         rows = {tuple(r) for r in np.round(table, 6).astype(np.float32).tolist()}
         assert all(tuple(p) in rows for p in cache["points"][0].tolist())
-        assert len({tuple(p) for p in cache["points"][0].tolist()}) == 1024  # distinct: FPS, not repeats
+        assert len({tuple(p) for p in cache["points"][0].tolist()}) == 2048  # distinct: FPS, not repeats
     again = prepare("modelnet40", tmp_path / "raw", tmp_path / "out")
     assert again["written"] == 0 and again["skipped_complete"] == 3
 

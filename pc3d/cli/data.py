@@ -52,10 +52,46 @@ def synth(
     emit(summary, json_out, title=f"synthetic {kind.value} -> {out}")
 
 
+class RawDataset(str, Enum):
+    scannet = "scannet"
+    s3dis = "s3dis"
+    modelnet40 = "modelnet40"
+
+
+@app.command("synth-raw")
+def synth_raw(
+    dataset: Annotated[RawDataset, typer.Argument(help="scannet, s3dis or modelnet40.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the raw download layout into.")],
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Scenes (s3dis: at least 6) or shapes.")] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="Generator seed (same seed, same data).")] = 0,
+    points: Annotated[int, typer.Option("--points", min=16, help="Points (mesh vertices) per scene.")] = 20_000,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write synthetic scenes / shapes in a public download's raw layout, the input of `pc3d data prepare`.
+
+    scannet: scans/<id>/ meshes with segs / aggregation json and axis alignment, the label tsv, split lists.
+    s3dis: Area_<k>/<room>/Annotations/<class>_<n>.txt. modelnet40: ModelNet40/<class>/{train,test}/*.off.
+
+    Examples:
+
+      pc3d data synth-raw scannet raw/scannet --count 4
+
+      pc3d data synth-raw s3dis raw/s3dis --count 6 --points 5000
+    """
+    setup_output(json_out, quiet, verbose)
+    from pc3d.data.synthetic.raw import write_raw
+
+    summary = write_raw(dataset.value, out, count=count, seed=seed, points=points)
+    emit(summary, json_out, title=f"synthetic raw {dataset.value} -> {out}")
+
+
 class PrepareDataset(str, Enum):
     scannet = "scannet"
     s3dis = "s3dis"
     modelnet40 = "modelnet40"
+    modelnet40_fewshot = "modelnet40_fewshot"
     semantickitti = "semantickitti"
     shapenetpart = "shapenetpart"
     scanobjectnn = "scanobjectnn"
@@ -66,6 +102,7 @@ class CheckDataset(str, Enum):
     scannet_detection = "scannet_detection"
     s3dis = "s3dis"
     modelnet40 = "modelnet40"
+    modelnet40_fewshot = "modelnet40_fewshot"
     semantickitti = "semantickitti"
     shapenetpart = "shapenetpart"
     scanobjectnn = "scanobjectnn"
@@ -74,7 +111,8 @@ class CheckDataset(str, Enum):
 @app.command("prepare")
 def prepare(
     dataset: Annotated[PrepareDataset, typer.Argument(help="scannet, s3dis, modelnet40 (converted); "
-                                                      "semantickitti, shapenetpart, scanobjectnn (checked only).")],
+                                                      "modelnet40_fewshot, semantickitti, shapenetpart, "
+                                                      "scanobjectnn (checked only).")],
     raw: Annotated[Path, typer.Argument(help="The raw download (the folder holding scans/, Area_1/ or "
                                         "ModelNet40/).")],
     out: Annotated[Path, typer.Argument(help="Parent folder of the prepared layouts (e.g. data/).")],
@@ -88,7 +126,7 @@ def prepare(
     scannet -> OUT/scannet (Pointcept npy: coord color normal segment20 segment200 instance) and
     OUT/scannet_detection (3DETR: axis-aligned _vert _sem_label _ins_label _bbox). s3dis -> OUT/s3dis
     (Pointcept npy; defective lines repaired or dropped and counted). modelnet40 -> OUT/modelnet40_normal_resampled
-    (10 000 points with normals per shape, plus 1024-point FPS caches in .npz). Rerunning skips finished
+    (10 000 points with normals per shape, plus 2048-point FPS caches in .npz). Rerunning skips finished
     scenes; every file is written atomically.
 
     Examples:
@@ -107,6 +145,7 @@ def prepare(
 @app.command("check")
 def check(
     dataset: Annotated[CheckDataset, typer.Argument(help="scannet, scannet_detection, s3dis, modelnet40, "
+                                                    "modelnet40_fewshot (Point-BERT's fold pickles), "
                                                     "semantickitti, shapenetpart or scanobjectnn.")],
     root: Annotated[Path, typer.Argument(help="The prepared dataset folder (what a preset's data.root names).")],
     json_out: JsonOpt = False,

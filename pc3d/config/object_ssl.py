@@ -35,7 +35,8 @@ class ObjectDataConfig(DataConfig):
     scan_variant: Literal["obj_bg", "obj_only", "pb_t50_rs"] = Field(
         "pb_t50_rs", description="ScanObjectNN split (OBJ-BG, OBJ-ONLY, PB-T50-RS)")
     synthetic_test_count: int = Field(32, ge=1, description="test samples generated when source=synthetic")
-    synthetic_val_count: int = Field(0, ge=0, le=1_000_000, description="classification, source=synthetic: "
+    synthetic_val_count: int = Field(0, ge=0, le=1_000_000, description="classification and part "
+                                     "segmentation, source=synthetic: "
                                      "validation samples of their own (disjoint from train and test) that pick "
                                      "the best checkpoint; 0: validate on the test split")
     augment: bool = Field(True, description="training: random per-axis scale [2/3,3/2] + translate [-0.2,0.2] "
@@ -46,6 +47,8 @@ class ObjectDataConfig(DataConfig):
                                             "recipe); applied after `augment`")
     up_axis: Literal["x", "y", "z"] = Field("y", description="gravity axis of the files (ScanObjectNN h5, "
                                             "ModelNet40, ShapeNet are y-up)")
+    folds: str | None = Field(None, description="few-shot only: Point-BERT's released ModelNetFewshot folder "
+                              "(<way>way_<shot>shot/<fold>.pkl); its folds replace the ones drawn from data.root")
     fps_pool: int | None = Field(None, ge=16, description="read this many FPS points per cloud; training and "
                                  "every test vote draw a random `num_points` of them, single-pass tests take "
                                  "the first `num_points` (= FPS to num_points). Point-MAE ModelNet40: 1200")

@@ -1,8 +1,9 @@
 """`pc3d data prepare` / `pc3d data check`: raw public downloads -> the layouts pc3d's readers expect.
 
 scannet, s3dis and modelnet40 are converted (scannet.py, s3dis.py, modelnet40.py); semantickitti,
-shapenetpart and scanobjectnn are released in the layout pc3d reads, so preparing them only checks them
-(check.py) and writes nothing. Every converter is resumable (finished outputs are skipped) and writes
+shapenetpart, scanobjectnn, Point-BERT's few-shot folds (modelnet40_fewshot) and an already resampled
+ModelNet40 are released in the layout pc3d reads, so preparing them only checks them (check.py) and writes
+nothing. Every converter is resumable (finished outputs are skipped) and writes
 each file atomically.
 """
 
@@ -13,8 +14,8 @@ from typing import Any
 
 from pc3d.errors import InputError
 
-CONVERTED = ("scannet", "s3dis", "modelnet40")
-READ_AS_RELEASED = ("semantickitti", "shapenetpart", "scanobjectnn")
+CONVERTED = ("scannet", "s3dis", "modelnet40")  # modelnet40 also accepts the released resampled layout
+READ_AS_RELEASED = ("semantickitti", "shapenetpart", "scanobjectnn", "modelnet40_fewshot")
 DATASETS = CONVERTED + READ_AS_RELEASED
 
 
@@ -32,6 +33,15 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, workers: int = 1) ->
         return {"dataset": dataset, "raw": str(raw), "out": None, "written": 0,
                 "note": f"{dataset} is released in the layout pc3d reads: checked, nothing written; "
                         f"point presets at {raw}", "check": report}
+    if dataset == "modelnet40" and _released_resampled(raw):
+        from pc3d.data.prepare.check import check_dataset
+
+        # Point-BERT's / PointNet++'s download is already the read layout (its .dat caches included)
+        report = check_dataset("modelnet40", raw)
+        return {"dataset": dataset, "raw": str(raw), "out": None, "written": 0,
+                "note": f"{report['root']} is the released modelnet40_normal_resampled layout: checked, nothing "
+                        f"written; FPS caches found: {[c['file'] for s in report['fps_caches'].values() for c in s]}",
+                "check": report}
     if out.resolve() == raw.resolve():
         raise InputError(f"OUT must differ from RAW ({out})")
     if dataset == "scannet":
@@ -45,3 +55,9 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, workers: int = 1) ->
     from pc3d.data.prepare.modelnet40 import prepare_modelnet40
 
     return prepare_modelnet40(raw, out, workers)
+
+
+def _released_resampled(raw: Path) -> bool:
+    """Is RAW (or RAW/modelnet40_normal_resampled) the resampled text layout rather than .off meshes?"""
+    return any((base / "modelnet40_shape_names.txt").is_file() and not any(base.glob("*/train/*.off"))
+               for base in (raw, raw / "modelnet40_normal_resampled"))

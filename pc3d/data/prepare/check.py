@@ -5,7 +5,9 @@ against the dataset's classes, coordinate extents and colour ranges. The first c
 missing split, a truncated or unreadable file, arrays of different lengths, a label outside the classes,
 NaN coordinates, colours outside 0..255) raises InputError: one line naming the file.
 
-Every file is read in full, because a truncated file is only found by reading it.
+Every file is read in full, because a truncated file is only found by reading it. With `sample=k` (the
+start-up check every dataset-reading preset runs, see preflight.py) only k items per split are read,
+spread over the split (first, last, between), so the check costs about a second whatever the dataset's size.
 """
 
 from __future__ import annotations
@@ -60,12 +62,33 @@ class Stats:
         }
 
 
+def pick(items: list, sample: int | None) -> list:
+    """All items, or `sample` of them spread evenly over the list (always the first and the last)."""
+    if sample is None or len(items) <= sample:
+        return items
+    if sample <= 1:
+        return items[:1]
+    step = (len(items) - 1) / (sample - 1)
+    return [items[round(k * step)] for k in range(sample)]
+
+
 def _fail(problem: str) -> InputError:
     return InputError(" ".join(problem.split()))
 
 
 def load(path: Path) -> np.ndarray:
     return load_npy(path, "data check")
+
+
+def load_shape(path: Path) -> np.ndarray:
+    """A memory map of an .npy: its header gives the shape, and mapping fails on a file shorter than the
+    header says (truncated) just as a full read does, without reading the values."""
+    if not path.is_file():
+        raise _fail(f"data check: missing file {path}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _fail(f"data check: cannot read {path}: unreadable or truncated ({exc})") from None
 
 
 def check_coord(path: Path, coord: np.ndarray) -> None:
@@ -111,7 +134,7 @@ def check_pointcept_folder(folder: Path, stats: Stats, labels: dict[str, int], r
     color = load(folder / "color.npy")
     check_rows(folder / "color.npy", color, n, "(N,3)")
     check_colors(folder / "color.npy", color)
-    check_rows(folder / "normal.npy", load(folder / "normal.npy"), n, "(N,3)")
+    check_rows(folder / "normal.npy", load_shape(folder / "normal.npy"), n, "(N,3)")  # values are not checked
     stats.cloud(coord, color)
     for name, classes in labels.items():
         path = folder / f"{name}.npy"
@@ -131,7 +154,7 @@ def check_pointcept_folder(folder: Path, stats: Stats, labels: dict[str, int], r
         stats.instances += int(len(np.unique(instance[instance >= 0])))
 
 
-def check_scannet(root: Path) -> dict[str, Any]:
+def check_scannet(root: Path, sample: int | None = None) -> dict[str, Any]:
     base = root if (root / "train").is_dir() or not (root / "scannet").is_dir() else root / "scannet"
     stats: dict[str, Stats] = {}
     missing = [split for split in ("train", "val") if not (base / split).is_dir()]
@@ -146,13 +169,13 @@ def check_scannet(root: Path) -> dict[str, Any]:
             raise _fail(f"ScanNet (Pointcept layout): split '{split}' is empty: no scene folders in {folder}")
         stats[split] = Stats()
         required = ("segment20", "instance") if split != "test" else ()
-        for scene in scenes:
+        for scene in pick(scenes, sample):
             check_pointcept_folder(scene, stats[split], {"segment20": 20, "segment200": 200}, required)
     return {"dataset": "scannet", "root": str(base), "classes": 20, "splits": _splits_report(stats),
             "missing_splits": [s for s in ("test",) if s not in stats]}
 
 
-def check_s3dis(root: Path) -> dict[str, Any]:
+def check_s3dis(root: Path, sample: int | None = None) -> dict[str, Any]:
     from pc3d.data.readers.s3dis import S3DIS_CLASSES
 
     base = root if any(root.glob("Area_*")) or not (root / "s3dis").is_dir() else root / "s3dis"
@@ -165,12 +188,13 @@ def check_s3dis(root: Path) -> dict[str, Any]:
         if not rooms:
             raise _fail(f"S3DIS (Pointcept layout): split 'Area_{k}' is empty: no room folders in {area}")
         stats[area.name] = Stats()
-        for room in rooms:
+        # six areas are six splits: one room each keeps the sampled start-up check near a second
+        for room in pick(rooms, None if sample is None else 1):
             check_pointcept_folder(room, stats[area.name], {"segment": len(S3DIS_CLASSES)}, ("segment", "instance"))
     return {"dataset": "s3dis", "root": str(base), "classes": len(S3DIS_CLASSES), "splits": _splits_report(stats)}
 
 
-def check_scannet_detection(root: Path) -> dict[str, Any]:
+def check_scannet_detection(root: Path, sample: int | None = None) -> dict[str, Any]:
     from pc3d.data.labels import SCANNET_DET_NYU40_IDS
 
     base = root if (root / "meta_data").is_dir() or not (root / "scannet_detection").is_dir() \
@@ -186,7 +210,7 @@ def check_scannet_detection(root: Path) -> dict[str, Any]:
         if not names:
             raise _fail(f"ScanNet detection: split '{split}' is empty: {listing} lists no scene")
         stats[split], boxes[split] = Stats(), 0
-        for name in names:
+        for name in pick(names, sample):
             vert_path = data / f"{name}_vert.npy"
             vert = load(vert_path)
             check_coord(vert_path, vert)
@@ -238,7 +262,7 @@ def _read_text_table(path: Path, width: int, delimiter: str | None) -> np.ndarra
     return table
 
 
-def check_modelnet40(root: Path) -> dict[str, Any]:
+def check_modelnet40(root: Path, sample: int | None = None) -> dict[str, Any]:
     nested = root / "modelnet40_normal_resampled"
     base = nested if not (root / "modelnet40_shape_names.txt").is_file() and nested.is_dir() else root
     names_path = base / "modelnet40_shape_names.txt"
@@ -258,13 +282,72 @@ def check_modelnet40(root: Path) -> dict[str, Any]:
             cls = shape_id.rsplit("_", 1)[0]
             if cls not in classes:
                 raise _fail(f"{listing}: {shape_id}: class '{cls}' is not in {names_path.name}")
+        for shape_id in pick(ids, sample):
+            cls = shape_id.rsplit("_", 1)[0]
             table = _read_text_table(base / cls / f"{shape_id}.txt", 6, ",")
             stats[split].cloud(table[:, :3])
             stats[split].label(np.array([classes.index(cls)]))
-    return {"dataset": "modelnet40", "root": str(base), "classes": len(classes), "splits": _splits_report(stats)}
+    caches = {split: _fps_caches(base, split, sample) for split in ("train", "test")}
+    return {"dataset": "modelnet40", "root": str(base), "classes": len(classes), "splits": _splits_report(stats),
+            "fps_caches": caches}
 
 
-def check_shapenetpart(root: Path) -> dict[str, Any]:
+def _fps_caches(base: Path, split: str, sample: int | None) -> list[dict[str, Any]]:
+    """The FPS caches beside a split (pc3d's .npz, Point-MAE's .dat) and whether they match its list.
+
+    The full check opens them (a .dat through the restricted unpickler: a pickle naming anything but
+    numpy arrays is refused); the sampled start-up check only lists them, as the reader opens them anyway."""
+    from pc3d.data.readers.modelnet40 import fps_cache_files
+
+    listing = base / f"modelnet40_{split}.txt"
+    ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    found = []
+    for count, path in fps_cache_files(base, split):
+        entry: dict[str, Any] = {"file": path.name, "points": count}
+        if sample is None:
+            entry["shapes"], entry["current"] = _cache_shapes(path, ids)
+        found.append(entry)
+    return found
+
+
+def _cache_shapes(path: Path, ids: list[str]) -> tuple[int, bool]:
+    if path.suffix == ".dat":
+        from pc3d.io.safe_pickle import safe_load
+
+        content = safe_load(path)
+        if not (isinstance(content, (list, tuple)) and len(content) == 2 and len(content[0]) == len(content[1])):
+            raise _fail(f"{path}: expected a pickle of [list of points, list of labels] of equal lengths")
+        return len(content[0]), len(content[0]) == len(ids)
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            cached = cache["ids"].tolist()
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise _fail(f"{path}: unreadable or truncated ({exc})") from None
+    return len(cached), cached == ids
+
+
+def check_modelnet40_fewshot(root: Path, sample: int | None = None) -> dict[str, Any]:
+    """Point-BERT's ModelNetFewshot folder: <way>way_<shot>shot/<fold>.pkl, each a {train, test} fold."""
+    from pc3d.data.readers.modelnet40_fewshot import read_fold
+
+    settings = sorted(p for p in root.iterdir() if p.is_dir() and "way" in p.name and p.name.endswith("shot"))
+    if not settings:
+        raise _fail(f"ModelNet40 few-shot: no <way>way_<shot>shot folder under {root}")
+    report: dict[str, Any] = {}
+    for folder in settings:
+        way, shot = (int("".join(c for c in part if c.isdigit())) for part in folder.name.split("way"))
+        folds = sorted(folder.glob("*.pkl"), key=lambda p: (len(p.stem), p.stem))
+        if not folds:
+            raise _fail(f"ModelNet40 few-shot: {folder} holds no <fold>.pkl")
+        sizes = {}
+        for path in pick(folds, sample):
+            splits = read_fold(path, way, shot)
+            sizes[path.stem] = {split: len(labels) for split, (_, labels) in splits.items()}
+        report[folder.name] = {"way": way, "shot": shot, "folds": [p.stem for p in folds], "read": sizes}
+    return {"dataset": "modelnet40_fewshot", "root": str(root), "settings": report}
+
+
+def check_shapenetpart(root: Path, sample: int | None = None) -> dict[str, Any]:
     from pc3d.data.labels import SHAPENETPART_PART_IDS, SHAPENETPART_SYNSETS
     from pc3d.data.readers.shapenetpart import read_categories
 
@@ -279,7 +362,7 @@ def check_shapenetpart(root: Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise _fail(f"{listing}: not valid JSON ({exc})") from None
         stats[split] = Stats()
-        for entry in entries:
+        for entry in pick(entries, sample):
             _, synset, model = entry.split("/")[-3:]
             name = by_synset.get(synset)
             if name is None or name not in SHAPENETPART_SYNSETS:
@@ -296,7 +379,7 @@ def check_shapenetpart(root: Path) -> dict[str, Any]:
     return {"dataset": "shapenetpart", "root": str(root), "classes": 50, "splits": _splits_report(stats)}
 
 
-def check_scanobjectnn(root: Path) -> dict[str, Any]:
+def check_scanobjectnn(root: Path, sample: int | None = None) -> dict[str, Any]:
     import h5py
 
     from pc3d.data.readers.scanobjectnn import SCAN_VARIANTS, scanobjectnn_file
@@ -311,7 +394,15 @@ def check_scanobjectnn(root: Path) -> dict[str, Any]:
                 raise _fail(f"ScanObjectNN {variant}: split '{split}' missing: no {path}")
             try:
                 with h5py.File(path, "r") as handle:
-                    data, label = np.asarray(handle["data"]), np.asarray(handle["label"]).reshape(-1)
+                    label = np.asarray(handle["label"]).reshape(-1)
+                    if sample is None:
+                        data = np.asarray(handle["data"])
+                    else:  # shapes from the header; the first and last clouds read
+                        if handle["data"].ndim != 3 or len(handle["data"]) != len(label) or not len(label):
+                            raise _fail(f"{path}: data {handle['data'].shape} / label {label.shape}, "
+                                        "expected (M, P, 3) and (M,)")
+                        data = np.asarray(handle["data"][[0, len(label) - 1] if len(label) > 1 else [0]])
+                        label = label[[0, len(label) - 1] if len(label) > 1 else [0]]
             except (OSError, KeyError) as exc:
                 raise _fail(f"{path}: unreadable, truncated or without data/label ({exc})") from None
             if data.ndim != 3 or data.shape[2] < 3 or len(label) != len(data):
@@ -329,14 +420,17 @@ def check_scanobjectnn(root: Path) -> dict[str, Any]:
     return {"dataset": "scanobjectnn", "root": str(root), "classes": 15, "splits": _splits_report(stats)}
 
 
-def check_semantickitti(root: Path) -> dict[str, Any]:
+def check_semantickitti(root: Path, sample: int | None = None,
+                        sequences: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """The official train / val / test sequences, or `sequences` (split -> sequence names: what a preset
+    reads, so a run on a subset of the sequences is not refused for the others)."""
     from pc3d.data.readers.semantickitti import LEARNING_MAP, TRAIN_SEQUENCES, VAL_SEQUENCES, find_sequences_root
 
     base = find_sequences_root(root)
     known = np.array(sorted(LEARNING_MAP))
     stats: dict[str, Stats] = {}
-    splits = {"train": TRAIN_SEQUENCES, "val": VAL_SEQUENCES,
-              "test": tuple(f"{s:02d}" for s in range(11, 22))}
+    splits = sequences or {"train": TRAIN_SEQUENCES, "val": VAL_SEQUENCES,
+                           "test": tuple(f"{s:02d}" for s in range(11, 22))}
     for split, sequences in splits.items():
         present = [s for s in sequences if (base / "sequences" / s / "velodyne").is_dir()]
         if split != "test" and len(present) != len(sequences):
@@ -347,7 +441,7 @@ def check_semantickitti(root: Path) -> dict[str, Any]:
             continue
         stats[split] = Stats()
         for seq in present:
-            for scan in sorted((base / "sequences" / seq / "velodyne").glob("*.bin")):
+            for scan in pick(sorted((base / "sequences" / seq / "velodyne").glob("*.bin")), sample):
                 size = scan.stat().st_size
                 if size % 16:
                     raise _fail(f"{scan}: {size} bytes is not a whole number of 16-byte points (truncated)")
@@ -372,19 +466,22 @@ def check_semantickitti(root: Path) -> dict[str, Any]:
             "missing_splits": [s for s in splits if s not in stats]}
 
 
-CHECKS: dict[str, Callable[[Path], dict[str, Any]]] = {
+CHECKS: dict[str, Callable[..., dict[str, Any]]] = {
     "scannet": check_scannet, "scannet_detection": check_scannet_detection, "s3dis": check_s3dis,
-    "modelnet40": check_modelnet40, "shapenetpart": check_shapenetpart, "scanobjectnn": check_scanobjectnn,
-    "semantickitti": check_semantickitti,
+    "modelnet40": check_modelnet40, "modelnet40_fewshot": check_modelnet40_fewshot,
+    "shapenetpart": check_shapenetpart, "scanobjectnn": check_scanobjectnn, "semantickitti": check_semantickitti,
 }
 
 
-def check_dataset(dataset: str, root: str | Path) -> dict[str, Any]:
+def check_dataset(dataset: str, root: str | Path, sample: int | None = None, **options: Any) -> dict[str, Any]:
+    """Check `root` as `dataset`; `sample` = items read per split (None: all); `options` go to the
+    dataset's check (semantickitti: `sequences`)."""
     if dataset not in CHECKS:
         raise InputError(f"unknown dataset '{dataset}' (one of: {', '.join(CHECKS)})")
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
-    report = CHECKS[dataset](root)
+    report = CHECKS[dataset](root, sample, **options)
     report["ok"] = True
+    report["sampled"] = sample
     return report

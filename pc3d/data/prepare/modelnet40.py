@@ -5,9 +5,11 @@ Output under `<out>/modelnet40_normal_resampled/`: `<class>/<class>_<nnnn>.txt` 
 `x,y,z,nx,ny,nz` (%.6f) sampled uniformly by area with the normal of the sampled face, centred and scaled
 into the unit sphere as the released files are; `modelnet40_shape_names.txt` (classes present, alphabetical:
 all 40 gives the official order), `modelnet40_{train,test}.txt` (shape ids), and
-`modelnet40_{train,test}_1024pts_fps.npz` with `points` (M,1024,6) float32, `labels` (M,) int64 and
-`ids` (M,) str: the first 1024 farthest-point samples of each shape, the set Point-MAE/PointNeXt cache in
-pickled `.dat` files. Here it is an .npz of plain arrays, readable with allow_pickle=False.
+`modelnet40_{train,test}_2048pts_fps.npz` with `points` (M,2048,6) float32, `labels` (M,) int64 and
+`ids` (M,) str: the first 2048 farthest-point samples of each shape (Point-MAE/PointNeXt cache 8192 in
+pickled `.dat` files). Here it is an .npz of plain arrays, readable with allow_pickle=False; the ModelNet40
+reader takes its first `num_points` (any num_points <= 2048: 1024, and the 1200-point pool of the
+finetuning presets) instead of running FPS at load.
 
 Deviations: each shape's sample is seeded by its id, and FPS starts at the first point (the released
 resampling and the .dat caches used unseeded random draws), so a rerun reproduces every file exactly.
@@ -26,7 +28,7 @@ from pc3d.io.atomic import write_text_atomic
 
 OUT_DIR = "modelnet40_normal_resampled"
 NUM_SAMPLES = 10_000
-FPS_POINTS = 1024
+FPS_POINTS = 2048  # covers num_points 1024 and fps_pool 1200 of the presets
 SPLITS = ("train", "test")
 
 
