@@ -7,13 +7,17 @@ the decoder's last hidden state of the query that produced the box) and OWLv2 (t
 embedding). GLIP is not packaged anywhere usable; a new detector subclasses `BoxDetector` and registers itself
 with `@register_detector("name")`.
 
-Weights come through `pc3d.foundation.hub` (local folder or hf:// spec, real huggingface_hub cache). The image
+Grounding DINO can also be finetuned (`training_loss`: transformers' own loss on part boxes; `save_adapted`: a
+transformers folder + `ADAPTED_SIDECAR`, found again by `adapted_detector_folder`); OWLv2 cannot, transformers has
+no training loss for it. Weights come through `pc3d.foundation.hub` (local folder or hf:// spec, real
+huggingface_hub cache). The image
 processors are the PIL ones, which need no torchvision. `write_tiny_random_*` save small random-weight models
 in the real format for tests and the `tiny-random` presets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import string
 from abc import ABC, abstractmethod
@@ -70,6 +74,40 @@ def register_detector(name: str) -> Callable[[type[BoxDetector]], type[BoxDetect
         return cls
 
     return wrap
+
+
+ADAPTED_SIDECAR = "pc3d_detector.json"  # beside a detector saved by `pc3d finetune partstad-detector`
+
+
+def adapted_detector_folder(path: str, kind: str) -> str:
+    """The transformers folder of a detector adapted by `pc3d finetune partstad-detector`: `path` is that
+    folder or the run folder holding it as detector/ (`latest` links resolve)."""
+    import json
+
+    from pc3d.runs import resolve_latest
+
+    root = resolve_latest(path)
+    for folder in (root, root / "detector"):
+        sidecar = folder / ADAPTED_SIDECAR
+        if sidecar.is_file():
+            try:
+                saved = json.loads(sidecar.read_text()).get("kind")
+            except (OSError, ValueError, AttributeError):
+                saved = None
+            if saved != kind:
+                raise InputError(f"detector weights {path}: a '{saved}' detector, but detector.kind is '{kind}'")
+            return str(folder)
+    raise InputError(f"detector weights {path}: not an adapted detector (expected the run folder of `pc3d "
+                     f"finetune partstad-detector` or its detector/ folder with {ADAPTED_SIDECAR})")
+
+
+def adapted_detector_fingerprint(path: str, kind: str) -> str:
+    """What identifies an adapted detector's weights (their sha1, from its sidecar): cache keys use it, since a
+    path such as runs/partstad-detector/latest names another detector after the next run."""
+    import json
+
+    sidecar = Path(adapted_detector_folder(path, kind)) / ADAPTED_SIDECAR
+    return str(json.loads(sidecar.read_text()).get("weights_sha1") or sidecar.stat().st_mtime_ns)
 
 
 def build_detector(kind: str, spec: str, device: str | torch.device = "cpu", batch_size: int = 10,
@@ -143,26 +181,71 @@ class GroundingDinoDetector(BoxDetector):
         self.feature_dim = int(self.model.config.d_model)
         self.batch_size, self.nms_iou, self.max_boxes = batch_size, nms_iou, max_boxes
 
-    @torch.no_grad()
-    def detect(self, images: np.ndarray, parts: Sequence[str], threshold: float) -> list[Detections]:
+    def _caption(self, parts: Sequence[str]) -> tuple[str, list[list[int]]]:
         names = [p.lower() for p in parts]  # the tokenizers of Grounding DINO are uncased
         caption, _ = caption_spans(names, [])
         _, tokens = caption_spans(names, self.tokenizer(caption, return_offsets_mapping=True)["offset_mapping"])
         if any(not t for t in tokens):
             missing = [p for p, t in zip(parts, tokens, strict=True) if not t]
             raise InputError(f"part names {missing} produce no tokens for the detector")
+        if any("." in n or "?" in n for n in names):  # they split phrases (transformers' SPECIAL_TOKENS)
+            raise InputError(f"part names must not contain '.' or '?': {', '.join(parts)}")
+        return caption, tokens
+
+    def _inputs(self, chunk: list[np.ndarray], caption: str) -> dict[str, Tensor]:
+        pixels = self.image_processor(chunk, return_tensors="pt")
+        text = self.tokenizer([caption] * len(chunk), return_tensors="pt", padding=True)
+        inputs = {"pixel_values": pixels["pixel_values"], "pixel_mask": pixels["pixel_mask"],
+                  "input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
+                  "token_type_ids": text.get("token_type_ids", torch.zeros_like(text["input_ids"]))}
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def training_loss(self, images: np.ndarray, parts: Sequence[str],
+                      targets: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, dict[str, float]]:
+        """transformers' own Grounding DINO training loss of a batch of views (the model's train/eval mode and
+        frozen parameters are the caller's). targets: per image (boxes (K,4) xyxy pixels, part indices (K,)).
+        The loss wants boxes as cxcywh normalised by the image size, and class labels that index the caption's
+        phrases in order ("arm . seat ." -> arm 0, seat 1: `build_label_maps` groups the tokens between the
+        delimiter ids of modeling_grounding_dino.SPECIAL_TOKENS)."""
+        caption, _ = self._caption(parts)
+        height, width = images.shape[1:3]
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        labels = []
+        for boxes, classes in targets:
+            xyxy = torch.as_tensor(boxes, dtype=torch.float32) / scale
+            cxcywh = torch.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2,
+                                  xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], -1)
+            labels.append({"class_labels": torch.as_tensor(classes, dtype=torch.long).to(self.device),
+                           "boxes": cxcywh.to(self.device)})
+        out = self.model(**self._inputs(list(images), caption), labels=labels)
+        return out.loss, {k: float(v.detach()) for k, v in out.loss_dict.items()}
+
+    def save_adapted(self, folder: str | os.PathLike, info: dict[str, Any]) -> Path:
+        """The model, tokenizer and image processor as a transformers folder (safetensors) with pc3d's sidecar
+        `ADAPTED_SIDECAR` (what was adapted, on which parts); loads back through `build_detector`."""
+        import json
+
+        folder = Path(folder)
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(folder))
+        self.image_processor.save_pretrained(str(folder))
+        digest = hashlib.sha1()
+        for weights in sorted(folder.glob("*.safetensors")):
+            with open(weights, "rb") as handle:
+                while block := handle.read(1 << 24):
+                    digest.update(block)
+        sidecar = {"kind": "grounding-dino", "weights_sha1": digest.hexdigest(), **info}
+        (folder / ADAPTED_SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        return folder
+
+    @torch.no_grad()
+    def detect(self, images: np.ndarray, parts: Sequence[str], threshold: float) -> list[Detections]:
+        caption, tokens = self._caption(parts)
         height, width = images.shape[1:3]
         results = []
         for start in range(0, len(images), self.batch_size):
             chunk = list(images[start:start + self.batch_size])
-            pixels = self.image_processor(chunk, return_tensors="pt")
-            text = self.tokenizer([caption] * len(chunk), return_tensors="pt", padding=True)
-            out = self.model(pixel_values=pixels["pixel_values"].to(self.device),
-                             pixel_mask=pixels["pixel_mask"].to(self.device),
-                             input_ids=text["input_ids"].to(self.device),
-                             attention_mask=text["attention_mask"].to(self.device),
-                             token_type_ids=text.get("token_type_ids", torch.zeros_like(text["input_ids"])).to(
-                                 self.device))
+            out = self.model(**self._inputs(chunk, caption))
             probs = out.logits.sigmoid().float().cpu()  # (B,Q,max_text_len)
             part_scores = torch.stack([probs[..., t].amax(-1) for t in tokens], -1)  # (B,Q,C)
             scores, labels = part_scores.max(-1)
@@ -220,10 +303,33 @@ TINY_WORDS = ("arm", "back", "leg", "seat", "wheel", "lid", "handle", "door", "d
               "base", "shade", "body", "tabletop", "a", "photo", "of")
 
 
+# bert-base-uncased ids that transformers' Grounding DINO hard-codes (modeling_grounding_dino.SPECIAL_TOKENS):
+# [CLS] [SEP] "." "?" delimit the caption's phrases for the text self-attention mask and for `build_label_maps`,
+# which turns a training target's class index into caption tokens; [PAD] = 0 ends a phrase there too
+BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
+def tiny_bert_vocab() -> list[str]:
+    """A word-level BERT vocabulary with the special tokens at bert-base-uncased's ids (other slots unused)."""
+    words = [*TINY_WORDS, *string.ascii_lowercase, *(f"##{c}" for c in string.ascii_lowercase)]
+    size = max(BERT_SPECIAL_IDS.values()) + 1
+    vocab: list[str | None] = [None] * size
+    for token, index in BERT_SPECIAL_IDS.items():
+        vocab[index] = token
+    free = (i for i, token in enumerate(vocab) if token is None)
+    # no duplicates ("a" is a word and a letter): a repeated token leaves a hole in the saved vocabulary, and
+    # the tokenizers library then prints a warning on stdout, into `--json` output
+    for word in dict.fromkeys(words):
+        vocab[next(free)] = word
+    return [token if token is not None else f"[unused{i}]" for i, token in enumerate(vocab)]
+
+
 def tiny_grounding_dino(image_size: int = 128, seed: int = 0) -> tuple[Any, Any]:
     """A ~0.2 M-parameter random Grounding DINO (Swin + BERT) and its processor (PIL image processor +
-    a word-level BERT vocabulary); labels it predicts are meaningless. Images are resized to 128 px so the
-    coarsest feature level stays above 1x1 (GroupNorm refuses one value per group in single-image batches)."""
+    a word-level BERT vocabulary with bert-base-uncased's special-token ids, so phrase masks and training
+    targets split the caption as for the real model); labels it predicts are meaningless. Images are resized
+    to 128 px so the coarsest feature level stays above 1x1 (GroupNorm refuses one value per group in
+    single-image batches)."""
     import tempfile
 
     from transformers import BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
@@ -231,11 +337,7 @@ def tiny_grounding_dino(image_size: int = 128, seed: int = 0) -> tuple[Any, Any]
     from transformers.models.grounding_dino.processing_grounding_dino import GroundingDinoProcessor
 
     torch.manual_seed(seed)
-    # no duplicates ("a" is a word and a letter): a repeated token leaves a hole in the saved vocabulary, and
-    # the tokenizers library then prints a warning on stdout, into `--json` output
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *TINY_WORDS, *string.ascii_lowercase,
-             *(f"##{c}" for c in string.ascii_lowercase)]
-    vocab = list(dict.fromkeys(words))
+    vocab = tiny_bert_vocab()
     swin = SwinConfig(image_size=image_size, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
                       window_size=2, out_features=["stage2", "stage3", "stage4"])
     bert = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -294,7 +396,20 @@ def write_tiny_random_detector(kind: str, cache_dir: str | os.PathLike | None = 
     default_repo, builder = TINY_BUILDERS[kind]
     repo_id = repo_id or default_repo
     cache = Path(cache_dir) if cache_dir is not None else hub_cache_dir()
-    if not (cache / f"models--{repo_id.replace('/', '--')}" / "refs" / "main").is_file():
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    if not (repo / "refs" / "main").is_file() or not _tiny_is_current(kind, repo):
         model, processor = builder()
         save_to_hub_cache(model, processor, repo_id, cache)
     return f"hf://{repo_id}"
+
+
+def _tiny_is_current(kind: str, repo: Path) -> bool:
+    """False for a tiny Grounding DINO cached before its vocabulary took bert-base-uncased's special-token ids
+    (its phrases would not split, and training targets would map to the whole caption)."""
+    if kind != "grounding-dino":
+        return True
+    vocab = repo / "snapshots" / (repo / "refs" / "main").read_text().strip() / "vocab.txt"
+    if not vocab.is_file():
+        return False
+    lines = vocab.read_text().splitlines()
+    return all(index < len(lines) and lines[index] == token for token, index in BERT_SPECIAL_IDS.items())
