@@ -27,10 +27,12 @@ fi
 
 if stage objects; then
   say "GeoMask3D pretraining -> classification finetuning (synthetic objects)"
-  ckpt=$(pc3d pretrain geomask3d --preset quickstart --out "$runs" --json | field checkpoints.last)
-  cls=$(pc3d finetune cls-synthetic --preset quickstart --from "$ckpt" --out "$runs" --json | field run_dir)
+  pc3d pretrain geomask3d --preset quickstart --out "$runs"
+  # a run folder (here its `latest` link) stands for its best, else last, checkpoint
+  pc3d finetune cls-synthetic --preset quickstart --from "$runs/geomask3d/latest" --out "$runs"
   say "pc3d predict: the trained classifier on new shapes (a glob; outputs in a run folder, not beside the inputs)"
-  pc3d predict "$cls" "$out/objects/shapes/chair_*.ply" "$out/objects/shapes/lamp_*.ply" --out "$out"
+  pc3d predict "$runs/cls-synthetic/latest" "$out/objects/shapes/chair_*.ply" "$out/objects/shapes/lamp_*.ply" \
+    --out "$out"
 fi
 
 if stage scenes; then
@@ -63,9 +65,8 @@ fi
 # the latest run of each name is the one this demo trained (a reused DEMO_OUT keeps older runs too)
 trained=()
 for name in "$runs"/*/; do
-  times=("$name"*/)  # sorted: run folders are named by their start time
-  latest=${times[${#times[@]}-1]}
-  if [ -s "$latest/metrics.jsonl" ]; then trained+=("${latest%/}"); fi
+  latest="${name}latest"  # <out>/<name>/latest: the newest run folder of that name
+  if [ -s "$latest/metrics.jsonl" ]; then trained+=("$latest"); fi
 done
 if ((${#trained[@]})); then
   say "training curves of the ${#trained[@]} runs in one figure (each run also has its own curves.png)"

@@ -80,10 +80,11 @@ REACHES: dict[str, tuple[str, ...]] = {
     "qs:pointins": ENGINE + ("pc3d/methods/pointins.py", "pc3d/methods/sonata.py", "pc3d/cli"),
     "qs:affinity3d-semantickitti": ENGINE + ("pc3d/methods/zeroshot_seg.py", "pc3d/models/spvcnn.py",
                                              "pc3d/cli"),
-    "qs:affinity3d-oracle": ("pc3d/methods/affinity3d.py", "pc3d/engine/device.py", "pc3d/cli"),
+    "qs:affinity3d-oracle": ("pc3d/methods/affinity3d.py", "pc3d/methods/affinity3d_oracle.py",
+                             "pc3d/methods/affinity3d_queue.py", "pc3d/engine/device.py", "pc3d/cli"),
     "qs:partstad-fewshot": ENGINE + tuple(f"pc3d/methods/partstad{part}.py" for part in (
-        "", "_detections", "_io", "_pipeline", "_render", "_superpoints", "_voting")) + ("pc3d/engine/device.py",
-                                                                                         "pc3d/cli"),
+        "", "_detections", "_io", "_oracle", "_pipeline", "_render", "_superpoints", "_voting"))
+    + ("pc3d/engine/device.py", "pc3d/cli"),
     "nccl": ENGINE + ("pc3d/engine/distributed.py",),
 }
 MULTI_PROCESS_ONLY = re.compile(r"SyncBatchNorm|nccl|device_ids|ctx\.distributed|ids = \[self\.device")

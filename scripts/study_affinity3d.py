@@ -1,12 +1,17 @@
-"""Ablation of Affinity3D's affinity random walk and visibility test with noisy oracle crop labels.
+"""Ablation of Affinity3D's affinity random walk, instance queue and visibility test on CLIP-like oracle features.
 
-The oracle replaces CLIP by ground-truth class embeddings of what each crop sees; `features.noise` makes a share of
-the crops' text-aligned embeddings name a wrong class (a wrong CLIP label) while their appearance stays true (see
-`OracleFeatures`). All rows label the same synthetic frames in one process and print pseudo-label accuracy and mIoU
-on the labelled points, and the coverage (labelled share of the labelled points inside the image).
+The oracle (`pc3d.methods.affinity3d_oracle`) replaces CLIP by noisy features of the class each crop shows, with
+CLIP-text-like similarities between classes and confusions between similar ones; no feature is built from a crop's
+label histogram beyond which class it shows, so the affinity walk has no ground truth to recover by construction.
 
-Usage: python scripts/study_affinity3d.py [--preset affinity3d-oracle-noisy] [--frames 6] [--noise 0.3]
-       [--set key=value ...] [--json out.json]
+Per seed (the seed draws the synthetic frames, the prototypes and the noise), the synthetic frames come in
+sequences of 10: sequence 00 is the validation sequence, where s_a is chosen (the value of `--scales` with the best
+per-point accuracy of the full pipeline); the other sequences are held out, and every row of the table is measured
+there with that s_a. Accuracy is per pseudo-labelled point and per ground-truth instance (majority pseudo label of
+its labelled points, Table 4's measure), coverage is the labelled share of the labelled points inside the image.
+
+Usage: OMP_NUM_THREADS=1 python scripts/study_affinity3d.py [--preset affinity3d-oracle-noisy] [--seeds 0 1 2]
+       [--frames 30] [--scales 1 2 5 10 20 50 100] [--queues 0 256 4096] [--set key=value ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -17,56 +22,138 @@ import tempfile
 import time
 from typing import Any
 
-ROWS: tuple[tuple[str, list[str]], ...] = (
-    ("oracle alone", ["affinity.enabled=false", "visibility.enabled=false"]),
-    ("+ affinity", ["affinity.enabled=true", "visibility.enabled=false"]),
-    ("+ visibility", ["affinity.enabled=false", "visibility.enabled=true"]),
-    ("+ both", ["affinity.enabled=true", "visibility.enabled=true"]),
+import numpy as np
+
+# (row, visibility, affinity, instance-queue size: None = the preset's)
+ROWS: tuple[tuple[str, bool, bool, int | None], ...] = (
+    ("oracle alone", False, False, None),
+    ("+ affinity", False, True, None),
+    ("+ visibility", True, False, None),
+    ("+ both", True, True, None),
+    ("+ both, frame alone", True, True, 0),
 )
 
 
-def study(preset: str, sets: list[str], out: str) -> list[dict[str, Any]]:
+def _config(preset: str, sets: list[str]) -> Any:
     from pc3d.config import apply_overrides, load_preset, validate_preset
-    from pc3d.methods.affinity3d import dataset_for, output_root, score_pseudo_labels
 
-    base = [f"run.out={out}", "run.name=study", *sets]
-    first = validate_preset(apply_overrides(load_preset(preset), base), preset)
-    dataset = dataset_for(first, output_root(first))  # the frames are generated once and shared by every row
+    return validate_preset(apply_overrides(load_preset(preset), sets), preset)
+
+
+def _prepared(config: Any, dataset: Any) -> list[Any]:
+    """Steps 1-4 (superpoints, visibility, crops, features) of every frame, done once per visibility setting."""
+    from pc3d.engine.device import resolve_device
+    from pc3d.methods.affinity3d import PseudoLabeler, build_source
+
+    labeler = PseudoLabeler(config, build_source(config, resolve_device(config.run.device)))
+    return [labeler.prepare(dataset[i]) for i in range(len(dataset))]
+
+
+def _score(config: Any, pending: list[Any]) -> dict[str, Any]:
+    """Steps 5-6 (instance queue, walk, labels) of `config` on prepared frames, and their accuracy."""
+    from pc3d.engine.device import resolve_device
+    from pc3d.methods.affinity3d import Accuracy, PseudoLabeler, _in_image, build_source
+
+    labeler = PseudoLabeler(config, build_source(config, resolve_device(config.run.device)))
+    accuracy = Accuracy(config.data.setting)
+    finished = [f for frame in pending for f in labeler.push_prepared(frame)] + labeler.flush()
+    for sample, result in finished:
+        accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample), sample.get("instance"))
+    return accuracy.summary()
+
+
+def study_seed(preset: str, sets: list[str], seed: int, frames: int, scales: list[float], out: str,
+               queues: list[int] | None = None) -> dict[str, Any]:
+    from pc3d.methods.affinity3d import dataset_for, output_root
+
+    base = [f"run.out={out}", f"run.name=seed{seed}", f"run.seed={seed}", f"data.synthetic_count={frames}", *sets]
+    first = _config(preset, base)
+    root = output_root(first)
+    count = -(-frames // 10)
+    if count < 2:
+        raise SystemExit("the study needs >= 20 frames: sequence 00 validates, the others are held out")
+    validation = dataset_for(first, root, ["00"])
+    held_out = dataset_for(first, root, [f"{s:02d}" for s in range(1, count)])
+    tic = time.perf_counter()
+    val_pending = _prepared(_config(preset, base + ["visibility.enabled=true"]), validation)
+    grid = []
+    for scale in scales:
+        summary = _score(_config(preset, base + ["visibility.enabled=true", "affinity.enabled=true",
+                                                 f"affinity.scale={scale}"]), val_pending)
+        grid.append({"scale": scale, "accuracy": summary.get("accuracy", 0.0),
+                     "instance_accuracy": summary.get("instance_accuracy", 0.0)})
+    off = _score(_config(preset, base + ["visibility.enabled=true", "affinity.enabled=false"]), val_pending)
+    if not off.get("pseudo_points"):  # e.g. GZS on sparse synthetic scans: DBSCAN finds no unseen-class clusters
+        raise SystemExit(f"seed {seed}: no pseudo-labelled point on the validation sequence; nothing to compare")
+    chosen = max(grid, key=lambda row: row["accuracy"])["scale"]
+    queue_grid = []  # information only: validation accuracy of other queue sizes (s_a is chosen for the preset's)
+    for size in queues or []:
+        for scale in scales:
+            summary = _score(_config(preset, base + ["visibility.enabled=true", "affinity.enabled=true",
+                                                     f"affinity.scale={scale}", f"affinity.queue_size={size}"]),
+                             val_pending)
+            queue_grid.append({"queue_size": size, "scale": scale, "accuracy": summary.get("accuracy", 0.0)})
+    del val_pending
     rows = []
-    for name, switches in ROWS:
-        config = validate_preset(apply_overrides(load_preset(preset), base + switches), preset)
-        tic = time.perf_counter()
-        summary = score_pseudo_labels(config, dataset)
+    pending = {vis: _prepared(_config(preset, base + [f"visibility.enabled={str(vis).lower()}"]), held_out)
+               for vis in (False, True)}
+    for name, vis, aff, queue in ROWS:
+        switches = [f"visibility.enabled={str(vis).lower()}", f"affinity.enabled={str(aff).lower()}",
+                    f"affinity.scale={chosen}"] + ([f"affinity.queue_size={queue}"] if queue is not None else [])
+        summary = _score(_config(preset, base + switches), pending[vis])
         rows.append({"row": name, "accuracy": summary.get("accuracy", 0.0), "miou": summary.get("miou", 0.0),
-                     "coverage": summary["coverage"], "seconds": time.perf_counter() - tic})
-    return rows
+                     "instance_accuracy": summary.get("instance_accuracy", 0.0),
+                     "instances": summary.get("instances", 0), "coverage": summary["coverage"],
+                     "pseudo_points": summary.get("pseudo_points", 0)})
+    return {"seed": seed, "validation_frames": len(validation), "held_out_frames": len(held_out),
+            "validation_grid": grid, "validation_without_affinity": off.get("accuracy", 0.0),
+            "chosen_scale": chosen, "queue_grid": queue_grid, "rows": rows, "seconds": time.perf_counter() - tic}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="affinity3d-oracle-noisy")
-    parser.add_argument("--frames", type=int, default=None, help="synthetic frames (default: the preset's)")
-    parser.add_argument("--noise", type=float, default=None, help="features.noise (default: the preset's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--frames", type=int, default=30, help="synthetic frames per seed (10 per sequence)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 5, 10, 20, 50, 100],
+                        help="s_a values tried on the validation sequence")
+    parser.add_argument("--queues", type=int, nargs="*", default=[],
+                        help="also report validation accuracy for these instance-queue sizes (x every s_a)")
     parser.add_argument("--set", action="append", default=[], help="extra preset overrides key=value")
-    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    sets = list(args.set)
-    if args.frames is not None:
-        sets.append(f"data.synthetic_count={args.frames}")
-    if args.noise is not None:
-        sets.append(f"features.noise={args.noise}")
+    results = []
     with tempfile.TemporaryDirectory(prefix="pc3d-study-a3d-") as tmp:
-        rows = study(args.preset, sets, tmp)
-    print(f"{'setting':20s} {'accuracy':>9s} {'mIoU':>7s} {'coverage':>9s} {'s':>6s}")
-    for row in rows:
-        print(f"{row['row']:20s} {row['accuracy']:9.4f} {row['miou']:7.4f} {row['coverage']:9.3f} "
-              f"{row['seconds']:6.1f}")
+        for seed in args.seeds:
+            result = study_seed(args.preset, list(args.set), seed, args.frames, args.scales, tmp, args.queues)
+            results.append(result)
+            grid = "  ".join(f"{g['scale']:g}:{g['accuracy']:.3f}" for g in result["validation_grid"])
+            print(f"seed {seed}: validation ({result['validation_frames']} frames) s_a -> accuracy  {grid}  "
+                  f"(no affinity {result['validation_without_affinity']:.3f}); chosen s_a = "
+                  f"{result['chosen_scale']:g}; {result['seconds']:.0f} s", flush=True)
+            for size in args.queues:
+                cells = "  ".join(f"{g['scale']:g}:{g['accuracy']:.3f}" for g in result["queue_grid"]
+                                  if g["queue_size"] == size)
+                print(f"  validation, queue {size:5d}: s_a -> accuracy  {cells}", flush=True)
+            for row in result["rows"]:
+                print(f"  {row['row']:22s} point acc {row['accuracy']:.4f}  instance acc "
+                      f"{row['instance_accuracy']:.4f} ({row['instances']})  mIoU {row['miou']:.4f}  "
+                      f"coverage {row['coverage']:.3f}", flush=True)
+    print(f"\nheld-out frames, mean +- sd over seeds {args.seeds}:")
+    print(f"{'setting':22s} {'point acc':>16s} {'instance acc':>16s} {'mIoU':>16s}")
+    for k, (name, *_rest) in enumerate(ROWS):
+        cells = []
+        for key in ("accuracy", "instance_accuracy", "miou"):
+            values = np.array([r["rows"][k][key] for r in results])
+            cells.append(f"{values.mean():.4f} +- {values.std():.4f}")
+        print(f"{name:22s} " + " ".join(f"{c:>16s}" for c in cells))
     if args.json:
         from pathlib import Path
 
         from pc3d.io.atomic import write_text_atomic
 
-        write_text_atomic(Path(args.json), json.dumps({"preset": args.preset, "sets": sets, "rows": rows}, indent=2))
+        write_text_atomic(Path(args.json), json.dumps({"preset": args.preset, "sets": args.set, "results": results},
+                                                      indent=2))
 
 
 if __name__ == "__main__":

@@ -124,25 +124,6 @@ def test_oracle_accuracy_is_high_and_visibility_raises_it(tmp_path):
     assert full["pseudo_label"]["accuracy"] > plain["pseudo_label"]["accuracy"]
 
 
-def test_oracle_noise_flips_the_text_block_only():
-    oracle = a3d.OracleFeatures(noise=0.3, text_weight=0.5, seed=3)
-    emb = oracle.class_embeddings(list(range(1, 20)))
-    labels = np.full((40, 40), 5, dtype=np.int64)  # every crop sees only class 5
-    oracle._labels, oracle._rng = labels, np.random.default_rng(0)
-    boxes = [(0, 0, 30, 30)] * 2000
-    feats = oracle.crop_features(np.zeros((40, 40, 3)), boxes).numpy()
-    text, appearance = feats[:, :20], feats[:, 20:]
-    norm = np.sqrt(1 + 0.5 ** 2)
-    assert np.allclose(appearance[:, 5], 1 / norm) and np.allclose(np.delete(appearance, 5, axis=1), 0)
-    flipped = text.argmax(1) != 5
-    assert abs(flipped.mean() - 0.3) < 0.04  # binomial sd 0.01
-    assert np.allclose(text.max(1), 0.5 / norm) and (text[flipped, 5] == 0).all()
-    assert (text[flipped].argmax(1) > 0).all()  # wrong labels are candidate classes, never 'unlabeled'
-    scores = torch.softmax(100 * torch.tensor(feats) @ emb.t(), 1).argmax(1).numpy() + 1
-    assert np.array_equal(scores != 5, flipped)  # the text block alone decides the zero-shot label
-    assert len(set(text[flipped].argmax(1).tolist())) == 18  # uniform over the 18 wrong classes
-
-
 def _tiny_oracle_config(tmp_path, *sets: str):
     from pc3d.config import apply_overrides, load_preset, validate_preset
 
@@ -158,5 +139,7 @@ def test_affinity_corrects_noisy_oracle_labels(tmp_path):
                                                       "affinity.enabled=false"), dataset)
     on = a3d.score_pseudo_labels(config, dataset)
     assert off["pseudo_points"] == on["pseudo_points"] > 1000  # same points labelled, only the classes change
-    assert 0.5 < off["accuracy"] < 0.8  # ~30 % of the crops carry a wrong label
-    assert on["accuracy"] > off["accuracy"] + 0.1, (off["accuracy"], on["accuracy"])
+    # CLIP-like oracle (affinity3d_oracle): noisy crop features, confusions between similar classes, no label
+    # histogram in any feature; the walk averages scores over crops that look alike
+    assert 0.5 < off["accuracy"] < 0.8
+    assert on["accuracy"] > off["accuracy"] + 0.05, (off["accuracy"], on["accuracy"])

@@ -74,8 +74,9 @@ def test_resume_auto_is_requeue_safe_and_bit_identical(cli, tmp_path, monkeypatc
     _stop_at(monkeypatch, 3)  # step 3 = first step of epoch 2: mid-epoch
     error = _stopped(cli(*job), code=128 + signal.SIGTERM)
     assert "stopped by SIGTERM at step 3" in error
-    runs = list((tmp_path / "point-mae").iterdir())
+    runs = [p for p in (tmp_path / "point-mae").iterdir() if p.name != "latest"]
     assert len(runs) == 1 and (runs[0] / "config.yaml").is_file()  # auto with no run started one
+    assert (tmp_path / "point-mae" / "latest").resolve() == runs[0].resolve()  # the running job is latest
     monkeypatch.undo()
     result = cli(*job)
     assert result.code == 0, result.err

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 from recipes import check_recipe, shipped
 
+from pc3d.config.affinity3d import QUEUE_DEFAULT, SCALE_DEFAULT
+
 FULL_PRESETS = ("affinity3d", "affinity3d-kitti", "affinity3d-semantickitti")
 KITTI_TRAIN = ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"]
 
@@ -35,8 +37,10 @@ UNSPECIFIED_PSEUDO = [  # the paper gives no value; pc3d's choice, so that a cha
     ("superpoints.min_samples", 10, "DBSCAN core neighbours [inf]"),
     ("superpoints.resolution", 1.0, "BPSS resolution (m) [inf]"),
     ("superpoints.k", 15, "BPSS neighbours (Lin et al. 2018 demo)"),
-    ("affinity.scale", 5.0, "s_a: picked by scripts/study_affinity3d.py on the noisy oracle [inf]"),
-    ("affinity.queue", 16, "instance-queue length in frames [inf]"),
+    ("affinity.scale", 10.0, "s_a: picked on the validation sequence of scripts/study_affinity3d.py (CLIP-like "
+                            "oracle) [inf]"),
+    ("affinity.queue_size", 1024, "3.4 instance queue, counted in superpoints; the size is not in the reference "
+                                  "spec [inf]"),
     ("visibility.n_segments", 1000, "SLIC superpixels [inf]"),
     ("visibility.compactness", 10.0, "SLIC compactness (scikit-image default) [inf]"),
 ]
@@ -105,3 +109,9 @@ def test_zero_shot_split_and_schema_defaults():
     assert SegDataConfig.model_fields["translate"].default == 0.5 and SegDataConfig.model_fields[
         "keep_ratio"].default == 0.7  # 4.2
     assert Affinity3DPseudoLabelPreset.model_fields["gzs_threshold"].default == 0.0
+    from pc3d.config.affinity3d import AffinityConfig
+
+    # the schema's s_a and queue size are the full preset's (a preset leaving them out runs the same method)
+    assert AffinityConfig.model_fields["scale"].default == SCALE_DEFAULT == shipped("affinity3d").affinity.scale
+    assert AffinityConfig.model_fields["queue_size"].default == QUEUE_DEFAULT == shipped(
+        "affinity3d").affinity.queue_size

@@ -59,7 +59,7 @@ def test_segment_a_folder_builds_the_models_once(cli, chairs, tmp_path, model_co
     assert [Path(r["input"]).name for r in out["inputs"]] == sorted(before)
     for record in out["inputs"]:
         stem = Path(record["input"]).stem
-        for path in record["files"].values():
+        for path in record["outputs"].values():
             assert Path(path).parent == run_dir and Path(path).name.startswith(f"{stem}.") and Path(path).is_file()
         assert sum(record["points_per_part"].values()) == record["points"] == 1024
         assert record["miou"] > 0.5  # oracle boxes on a labelled chair

@@ -66,7 +66,7 @@ def test_zero_shot_training_lowers_loss_and_beats_chance(tmp_path):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     scores = evaluate(method, val, tta=1, convention="scannet")
     confusion = np.array(scores["confusion"])

@@ -60,10 +60,29 @@ def setup_output(json_out: bool, quiet: bool, verbose: bool) -> None:
     set_verbosity(quiet=quiet or json_out, verbose=verbose and not json_out, progress_lines=not quiet)
 
 
+def finish_run(result: dict[str, Any], json_out: bool, title: str = "", config: Any = None) -> None:
+    """The end of every command that writes a run folder (`result["run_dir"]`): the folder gets its
+    summary.json (the very object `--json` prints), and config.yaml / versions.json where the method wrote
+    none; then the result is shown."""
+    from pc3d.runs import RunDir
+
+    run_dir = result.get("run_dir")
+    if run_dir and Path(run_dir).is_dir():
+        run = RunDir(Path(run_dir))
+        if config is not None and not run.config_file.is_file():
+            run.save_config_only(config.model_dump(mode="json"))
+        if not (run.path / "versions.json").is_file():
+            run.save_versions()
+        run.write_summary(result)
+    emit(result, json_out, title)
+
+
 def emit(result: dict[str, Any], json_out: bool, title: str = "") -> None:
     """Show a command's result: one JSON object on stdout, or a table on stderr for people."""
     if json_out:
-        sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+        from pc3d.runs import result_json
+
+        sys.stdout.write(result_json(result) + "\n")
         sys.stdout.flush()
         return
     from rich.table import Table
@@ -76,14 +95,6 @@ def emit(result: dict[str, Any], json_out: bool, title: str = "") -> None:
     for key, value in _flatten(result):
         table.add_row(key, _fmt(value))
     console.print(table)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -183,4 +194,7 @@ def dispatch(config: Any, preset_name: str, **request: Any) -> dict[str, Any]:
     if not module_name:
         raise InputError(f"method '{config.method}' has no entry point")
     entry = getattr(importlib.import_module(module_name), func_name)
+    from pc3d.data.prepare.preflight import startup_check
+
+    startup_check(config, inference=bool(request.get("inputs")))  # dataset folders: fail here, not in epoch 3
     return entry(RunRequest(config=config, preset_name=preset_name, **request))

@@ -19,7 +19,7 @@ from pc3d.cli.common import (
     VerboseOpt,
     data_overrides,
     dispatch,
-    emit,
+    finish_run,
     preset_help,
     print_config,
     resolve_config,
@@ -41,7 +41,9 @@ ColumnsOpt = Annotated[
 
 CheckpointOpt = Annotated[
     str | None,
-    typer.Option("--checkpoint", "-c", help="Weights: a file or hf://owner/repo[@rev][/file].", metavar="CKPT"),
+    typer.Option("--checkpoint", "-c", metavar="CKPT",
+                 help="Weights: a checkpoint file, a run folder runs/NAME/TIME or runs/NAME/latest (its "
+                      "checkpoints/best.json, else last.json), or hf://owner/repo[@rev][/file]."),
 ]
 
 
@@ -56,10 +58,14 @@ def _run(command: str, default_preset: str, preset, sets, out, seed, device, jso
     if show_config:
         print_config(config, json_out)
         return
+    if inputs.get("checkpoint"):
+        from pc3d.engine.checkpoint import resolve_checkpoint_path
+
+        inputs = {**inputs, "checkpoint": resolve_checkpoint_path(inputs["checkpoint"])}
     # the methods read the cloud by path; the names reach their reader through this context
     with column_names(names):
         result = dispatch(config, default_preset, inputs=inputs, init_from=inputs.get("checkpoint"))
-    emit(result, json_out, title=command)
+    finish_run(result, json_out, command, config)
 
 
 def pseudolabel(
@@ -84,10 +90,14 @@ def pseudolabel(
     if print_config_:
         print_config(config, json_out)
         return
-    emit(dispatch(config, name), json_out, title=f"pseudolabel {name}")
+    finish_run(dispatch(config, name), json_out, f"pseudolabel {name}", config)
 
 
 pseudolabel.__doc__ = f"""Zero-shot pseudo-labels for unlabelled scans (Affinity3D).
+
+Labels go to <out>/<name>/<time>/sequences/XX/labels/ (default --out runs; <out>/<name>/latest is the newest)
+beside config.yaml, versions.json and summary.json (the --json result). With resume: true (the default) the
+latest run of the same config continues, skipping its finished frames; a changed config starts a new run.
 
 {preset_help("pseudolabel")}
 
@@ -111,9 +121,15 @@ def segment(
     weights: Annotated[
         str | None,
         typer.Option("--weights", "--checkpoint", "-c", metavar="CKPT",
-                     help="Trained PartSTAD weight network (file or hf://...); without it: PartSLIP voting."),
+                     help="Trained PartSTAD weight network (a checkpoint file, a partstad-fewshot run folder "
+                          "such as runs/partstad-fewshot/latest, or hf://...); without it: PartSLIP voting."),
     ] = None,
     instances: Annotated[bool, typer.Option("--instances", help="Also merge part instances (PartSLIP).")] = False,
+    detector: Annotated[
+        str | None,
+        typer.Option("--detector", metavar="RUN", help="Detector adapted by `pc3d finetune partstad-detector`: its "
+                     "run folder, e.g. runs/partstad-detector/latest (the same as --set detector.weights=RUN)."),
+    ] = None,
     columns: ColumnsOpt = None,
     preset: PresetOpt = None,
     set_: SegmentSetOpt = None,
@@ -129,14 +145,16 @@ def segment(
     names = [p.strip() for p in parts.split(",") if p.strip()]
     if not names:
         raise InputError("--parts needs at least one part name, e.g. --parts \"arm,seat,leg\"")
-    sets = [*(set_ or []), *(["instances=true"] if instances else [])]
+    sets = [*(set_ or []), *(["instances=true"] if instances else []),
+            *([f"detector.weights={detector}"] if detector else [])]
     inputs = {"clouds": list(cloud), "parts": names, "category": category, "checkpoint": weights}
     _run("segment", "partstad", preset, sets, out, seed, device, json_out, inputs, print_config_, columns=columns)
 
 
 segment.__doc__ = f"""Text-prompted part segmentation of objects (PartSTAD); the 2-D models load once per call.
 
-Outputs go to <out>/<preset name>/<time>/ (default --out runs), never next to the inputs.
+Outputs go to <out>/partstad/<time>/ (default --out runs; <out>/partstad/latest is the newest) beside its
+config.yaml, versions.json and summary.json (the --json result), never next to the inputs.
 
 {preset_help("segment")}
 
@@ -146,6 +164,7 @@ Examples:
   pc3d segment chair.ply --parts "arm,seat,leg"
   pc3d segment shapes/ "more/chair_*.ply" --parts "arm,seat,leg" --json
   pc3d segment chair.ply --parts "arm,seat,leg" --preset oracle --set instances=true
+  pc3d segment chair.ply --parts "arm,back,leg,seat" --detector runs/partstad-detector/latest
 """
 
 
@@ -178,7 +197,8 @@ def detect(
 
 detect.__doc__ = f"""3D object detection in indoor scenes (Point-MoDE detector); the checkpoint loads once per call.
 
-Outputs (<scene>.boxes.json .ply .npz .png) go to <out>/detect/<time>/ (default --out runs), never next to the
+Outputs (<scene>.boxes.json .ply .npz .png) go to <out>/detect/<time>/ (default --out runs; <out>/detect/latest
+is the newest) beside its config.yaml, versions.json and summary.json (the --json result), never next to the
 inputs.
 
 {preset_help("detect")}
@@ -186,7 +206,7 @@ inputs.
 Examples:
 
 
-  pc3d detect scene0000_00.ply --checkpoint runs/det-scannet/<time>/checkpoints/best.json
+  pc3d detect scene0000_00.ply --checkpoint runs/det-scannet/latest
   pc3d detect scans/ "more/*.ply" --checkpoint runs/det-scannet/<time>/checkpoints/best.json --json
-  pc3d detect scene.ply --preset quickstart --checkpoint runs/det-scannet/<time>/checkpoints/last.json --threshold 0.3
+  pc3d detect scene.ply --preset quickstart --checkpoint runs/det-scannet/latest/checkpoints/last.json --threshold 0.3
 """

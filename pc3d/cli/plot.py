@@ -44,9 +44,25 @@ def plot_command(
     from pc3d.console import info
     from pc3d.viz.curves import plot_runs
 
-    result = plot_runs(runs, out, wanted)
+    result = plot_runs(_distinct_runs(runs), out, wanted)
     if json_out:
         emit(result, json_out)
     else:
         info(f"wrote {result['out']}: {len(result['panels'])} panels ({', '.join(result['panels'])}) "
              f"of {len(result['runs'])} run(s)")
+
+
+def _distinct_runs(runs: list[Path]) -> list[Path]:
+    """`latest` (link or text file) read as the run it names, and each run once: `runs/NAME/*` also matches
+    `runs/NAME/latest`, which must not draw the newest run twice."""
+    from pc3d.runs import resolve_latest
+
+    seen: set[Path] = set()
+    distinct = []
+    for run in runs:
+        path = resolve_latest(run)
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            distinct.append(path)
+    return distinct

@@ -18,8 +18,8 @@ PredictOutOpt = Annotated[
 def predict_command(
     checkpoint: Annotated[
         str, typer.Argument(metavar="CHECKPOINT",
-                            help="A run folder (its checkpoints/best.json, else last.json), a checkpoint file, or "
-                                 "hf://owner/repo[@rev][/file].")
+                            help="A run folder runs/NAME/TIME or runs/NAME/latest (its checkpoints/best.json, "
+                                 "else last.json), a checkpoint file, or hf://owner/repo[@rev][/file].")
     ],
     inputs: Annotated[
         list[str], typer.Argument(metavar="INPUT...",
@@ -49,7 +49,7 @@ def predict_command(
     result = predict(checkpoint, inputs, out=out if out is not None else "runs",
                      device=device.value if device is not None else "auto", category=category,
                      columns=parse_columns(columns) if columns else None)
-    if json_out:
+    if json_out:  # the same object predict() wrote to the run folder's summary.json
         emit(result, True)
         return
     _show(result)
@@ -85,13 +85,17 @@ Tasks: scene semantic segmentation (semseg-s3dis), scene probes (probe-*: semant
 LiDAR segmentation (affinity3d-semantickitti), classification (cls-*), part segmentation (partseg-*). The model
 loads once; its preprocessing comes from the checkpoint's own config. Per input: <name>.labels.npy (a .bin scan of
 a SemanticKITTI model: <name>.label), <name>.pred.ply coloured by class, and for instance / panoptic probes
-<name>.instances.npy / .instances.json; classification writes predictions.json and predictions.csv.
+<name>.instances.npy / .instances.json; classification writes predictions.json and predictions.csv. A few-shot
+run (fewshot-modelnet40) has one classifier per fold: pass a fold, runs/NAME/TIME/foldK/latest; its classes are
+the fold's own. Outputs go to <out>/predict/<time>/ (<out>/predict/latest is the newest) beside config.yaml,
+versions.json and summary.json (the --json result).
 
 Examples:
 
 \b
-  pc3d predict runs/semseg-s3dis/<time> room1.ply room2.ply
+  pc3d predict runs/semseg-s3dis/latest room1.ply room2.ply
   pc3d predict runs/cls-modelnet40/<time>/checkpoints/best.json shapes/ --json
-  pc3d predict runs/affinity3d-seg/<time> "sequences/08/velodyne/*.bin" --out preds
-  pc3d predict runs/partseg-shapenetpart/<time> mug.ply --category Mug
+  pc3d predict runs/affinity3d-semantickitti/latest "sequences/08/velodyne/*.bin" --out preds
+  pc3d predict runs/partseg-shapenetpart/latest mug.ply --category Mug
+  pc3d predict runs/fewshot-modelnet40/latest/fold0/latest shapes/
 """

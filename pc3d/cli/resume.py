@@ -22,6 +22,8 @@ RUNTIME_KEYS = ("run.device", "run.gpus", "run.nproc")
 # run.out is where the run was found (a moved run folder keeps working), run.name the folder's name
 LOCATION_KEYS = ("run.out", "run.name")
 _TRAINING_COMMANDS = ("pretrain", "finetune")
+# methods whose run trains several runs inside its folder (fold0/, fold1/, ...) and has no checkpoint itself
+FOLDED_METHODS = ("object-fewshot",)
 _MAX_SHOWN = 6
 
 
@@ -32,6 +34,7 @@ class ResumePlan:
     config: Any
     checkpoint: Path | None = None
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run_path: Path | None = None  # the run folder continued (few-shot runs continue it without a checkpoint)
 
 
 def rewrite_resume_argv(argv: list[str]) -> list[str]:
@@ -112,7 +115,7 @@ def _locate(target: str, name: str, preset: str | None, sets: list[str],
             out: str | None) -> tuple[Path, Path | None] | None:
     """The run folder and checkpoint `target` (latest, auto or a path) points at; None when there is none."""
     from pc3d.engine.checkpoint import CheckpointFolder
-    from pc3d.runs import RunDir
+    from pc3d.runs import RunDir, resolve_latest
 
     if target in ("latest", "auto"):
         run_out, run_name = _run_location(name, preset, sets, out)
@@ -120,7 +123,7 @@ def _locate(target: str, name: str, preset: str | None, sets: list[str],
         if run is None:
             return None
         return run.path, CheckpointFolder(run.checkpoints, keep_last=1).latest()
-    path = Path(target)
+    path = resolve_latest(target)  # runs/NAME/latest[/...]: the run folder it names
     if not path.exists():
         raise InputError(f"--resume {target}: no such run folder or checkpoint")
     if path.is_dir():
@@ -173,13 +176,20 @@ def plan_resume(command: str, name: str, target: str, preset: str | None, sets: 
     from pc3d.config import apply_overrides, validate_preset
 
     found = _locate(target, name, preset, sets, flags.get("out"))
-    if found is None or found[1] is None:
+    recorded = _read_run_config(found[0]) if found is not None and (found[0] / "config.yaml").is_file() else {}
+    fewshot = recorded.get("method") in FOLDED_METHODS
+    if found is not None and fewshot and found[0].parent.name.startswith("fold") \
+            and (found[0].parent.parent / "config.yaml").is_file():
+        raise InputError(f"--resume {target}: one fold of the few-shot run {found[0].parent.parent}; resume the "
+                         f"run itself: --resume {found[0].parent.parent}")
+    if found is None or (found[1] is None and not fewshot):
         if target not in ("latest", "auto"):
             raise InputError(f"--resume {target}: run {found[0] if found else target} has no checkpoint yet")
         return ResumePlan(resolve_config(command, name, preset, sets, flags))
+    # a few-shot run has no checkpoint of its own: its folds continue from theirs, under the same config check
     run_path, checkpoint = found
+    recorded = recorded or _read_run_config(run_path)
     source = str(run_path / "config.yaml")
-    recorded = _read_run_config(run_path)
     if recorded.get("command") != command:
         raise InputError(f"--resume: {source} is a '{recorded.get('command')}' run, not a '{command}' one")
     before = validate_preset(recorded, source).model_dump(mode="json")
@@ -207,4 +217,4 @@ def plan_resume(command: str, name: str, target: str, preset: str | None, sets: 
             run[leaf] = before["run"][leaf]
     # the run continues where it is, whatever out/name it was started with (it may have been moved)
     run["out"], run["name"] = str(run_path.parent.parent), run_path.parent.name
-    return ResumePlan(validate_preset(after, source), checkpoint, changes if allow_change else {})
+    return ResumePlan(validate_preset(after, source), checkpoint, changes if allow_change else {}, run_path)

@@ -21,7 +21,7 @@ from pc3d.cli.common import (
     VerboseOpt,
     data_overrides,
     dispatch,
-    emit,
+    finish_run,
     preset_help,
     print_config,
     resolve_config,
@@ -46,8 +46,9 @@ AllowChangeOpt = Annotated[
 ]
 PushOpt = Annotated[str | None, typer.Option("--push-to-hub", help="Upload the final checkpoint to owner/repo.",
                                              metavar="OWNER/REPO")]
-FromOpt = Annotated[str | None, typer.Option("--from", help="Start from these weights: a file or hf://owner/repo[@rev][/file].",
-                                             metavar="CKPT")]
+FromOpt = Annotated[str | None, typer.Option("--from", help="Start from these weights: a checkpoint file, a run folder "
+                                             "runs/NAME/TIME or runs/NAME/latest (its checkpoints/best.json, else "
+                                             "last.json), or hf://owner/repo[@rev][/file].", metavar="CKPT")]
 
 
 DataOpt = Annotated[
@@ -61,6 +62,10 @@ def _train(command: str, name: str, preset: str | None, sets: list[str] | None, 
            json_out: bool, show_config: bool) -> None:
     flags = {"out": str(out) if out else None, "seed": seed, "device": device, "gpus": gpus, "nproc": nproc}
     target = resume_from or ("latest" if resume else None)
+    if init_from:
+        from pc3d.engine.checkpoint import resolve_checkpoint_path
+
+        init_from = resolve_checkpoint_path(init_from)
     if target is None:
         if allow_change:
             raise InputError("--allow-change only applies with --resume")
@@ -78,8 +83,10 @@ def _train(command: str, name: str, preset: str | None, sets: list[str] | None, 
             return
         result = dispatch(plan.config, name, resume=target != "auto", resume_auto=target == "auto",
                           resume_checkpoint=str(plan.checkpoint) if plan.checkpoint else None,
+                          resume_run=str(plan.run_path) if plan.run_path else None,
                           resume_changes=plan.changes or None, init_from=init_from, push_to_hub=push)
-    emit(result, json_out, title=f"{command} {name}")
+        config = plan.config
+    finish_run(result, json_out, f"{command} {name}", config)
 
 
 def pretrain(
@@ -157,8 +164,8 @@ finetune.__doc__ = f"""Finetune or probe a pretrained backbone on a downstream t
 Examples:
 
 
-  pc3d finetune cls-modelnet40 --from runs/point-mae/<time>/checkpoints/last.json
-  pc3d finetune cls-synthetic --preset quickstart --set optim.lr=5e-4 --from runs/geomask3d/<time>/checkpoints/last.json
+  pc3d finetune cls-modelnet40 --from runs/point-mae/latest
+  pc3d finetune cls-synthetic --preset quickstart --set optim.lr=5e-4 --from runs/geomask3d/latest/checkpoints/last.json
   pc3d finetune det-scannet --from hf://owner/point-mode --gpus 4
-  pc3d finetune cls-synthetic --resume runs/cls-synthetic/<time>/checkpoints/last.json
+  pc3d finetune cls-synthetic --preset quickstart --resume runs/cls-synthetic/latest
 """

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pc3d.engine.hub import resolve_weights
 from pc3d.errors import InputError
 from pc3d.io.atomic import atomic_path, write_text_atomic
 
@@ -229,6 +230,45 @@ def export_model(checkpoint: Checkpoint, stem: Path, extra: dict[str, Any] | Non
     return save_checkpoint(stem, tensors, {**meta, **(extra or {})})
 
 
+# ---------------------------------------------------------------- a checkpoint argument -> its file
+
+CHECKPOINT_NAMES = ("best.json", "last.json")  # what a finished run's checkpoints/ holds, in order of preference
+
+
+def resolve_checkpoint_path(spec: str) -> str:
+    """What every checkpoint argument (`--from`, `--checkpoint`, `segment --weights`, `pc3d predict CKPT`) means.
+
+    `hf://...` and files pass through (a missing file is reported by whoever reads it); `latest` may be a
+    symlink or the text-file fallback (pc3d.runs.resolve_latest). A run folder `runs/NAME/TIME` (or
+    `runs/NAME/latest`, or its `checkpoints/` folder) -> its checkpoints/best.json, else last.json; a
+    name folder `runs/NAME` -> its latest run. A folder with neither is one line naming what to pass."""
+    from pc3d.engine.hub import HF_SCHEME
+    from pc3d.runs import LATEST, resolve_latest
+
+    if spec.startswith(HF_SCHEME):
+        return spec
+    path = resolve_latest(spec)
+    if not path.is_dir():
+        return str(path)
+    if not (path / "checkpoints").is_dir() and not (path / "config.yaml").is_file() \
+            and (path / LATEST).exists():  # runs/NAME: its newest run
+        path = resolve_latest(path / LATEST)
+    folder = path if path.name == "checkpoints" else path / "checkpoints"
+    for name in CHECKPOINT_NAMES:
+        if (folder / name).is_file():
+            return str(folder / name)
+    folds = sorted(p.name for p in path.glob("fold*") if p.is_dir())
+    if folds:  # a few-shot run: one classifier per fold, none of the run as a whole
+        raise InputError(f"{spec}: a few-shot run of {len(folds)} folds with one classifier each; pass one "
+                         f"fold's run, e.g. {Path(spec) / folds[0] / LATEST}")
+    rolling = CheckpointFolder(folder, keep_last=1).rolling() if folder.is_dir() else []
+    if rolling:  # running or interrupted: only step-N checkpoints so far
+        raise InputError(f"{spec}: no checkpoints/best.json or last.json yet (a running or interrupted run?); "
+                         f"its newest checkpoint is {rolling[-1]}, pass that file to use it")
+    raise InputError(f"{spec}: a folder without checkpoints/best.json or checkpoints/last.json; pass a run folder "
+                     "runs/NAME/TIME (or runs/NAME/latest) that trained, or a checkpoint file")
+
+
 # ---------------------------------------------------------------- weights for --from
 
 
@@ -283,8 +323,6 @@ def load_weights(spec: str, map_location: str | torch.device = "cpu") -> dict[st
 
     `spec` is a local path or `hf://owner/repo[@revision][/file]`. For pc3d checkpoints only the
     model tensors are returned, with their `model/` prefix removed."""
-    from pc3d.engine.hub import resolve_weights
-
     path = resolve_weights(spec)
     if path.suffix == ".json" or (path.suffix == ".safetensors" and path.with_suffix(".json").is_file()):
         checkpoint = read_checkpoint(path)

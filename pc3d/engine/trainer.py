@@ -135,11 +135,13 @@ def _prepare_run(request: RunRequest) -> tuple[str, str | None]:
         if run_path.parent.name != name:
             raise InputError(f"--resume {sidecar}: that checkpoint belongs to run '{run_path.parent.name}', "
                              f"not '{name}'")
+        RunDir(run_path).mark_latest()  # the running job is <out>/<name>/latest
         return str(run_path), str(sidecar)
     if request.resume or request.resume_auto:
         run = RunDir.latest(config.run.out, name)
         latest = CheckpointFolder(run.checkpoints, keep_last=1).latest() if run is not None else None
         if latest is not None:
+            run.mark_latest()
             return str(run.path), str(latest)
         if not request.resume_auto:  # auto: nothing to continue yet, so this job starts the run
             if run is None:

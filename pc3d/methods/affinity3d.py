@@ -7,31 +7,30 @@ Per frame (spec §3-4):
                     point of its superpixel (scatter-min); invisible points are left unlabelled
   3. crops        - 2-D box of each superpoint's visible points, enlarged to >= 30x30 px
   4. features     - CLIP image embeddings F of the crops; text embeddings EMB; Y = softmax(s_t F EMB^T)
-  5. affinity     - W = row-softmax(s_a F F^T) over [this frame + queue of recent frames], A = W^beta,
-                    T = D^-1 A, refined scores Y' = T Y (rows of this frame)
+  5. affinity     - W = row-softmax(s_a F F^T) over the instance queue (section 3.4, `affinity3d_queue`: up to
+                    `queue_size` superpoints of consecutive frames, later frames included), A = W^beta,
+                    T = D^-1 A, refined scores Y' = T Y; a frame's rows are refined, and its labels written,
+                    when its instances leave the queue (or the sequence ends)
   6. labels       - argmax Y' on the visible points of each superpoint if max Y' > the threshold (`gzs_threshold`
                     in GZS, default 0 = always, as the paper; `confidence` annotation-free); seen-class points keep
                     their label
 The summary scores the pseudo-labels per point and per ground-truth instance (Table 4), and counts the labelled
 points without ground truth (`unscored_points`) and those left out by the threshold (`rejected_points`).
 Outputs under OUT: sequences/XX/labels/NNNNNN.label (SemanticKITTI raw ids, 0 = ignore),
-visibility/NNNNNN.npy (bool per point: in the image and visible), features/NNNNNN.npz (F, Y; rebuilds the
-queue on resume).
+visibility/NNNNNN.npy (bool per point: in the image and visible), features/NNNNNN.npz (F and the initial Y).
+The oracle feature source (CLIP-like features without CLIP, for studies) is in `affinity3d_oracle`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import zlib
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pc3d import console as con
@@ -41,13 +40,14 @@ from pc3d.data.readers.semantickitti import (
     NUM_CLASSES,
     UNSEEN_CLASSES,
     SemanticKITTI,
-    camera_from_projection,
     unmap_labels,
 )
 from pc3d.engine.device import resolve_device
 from pc3d.errors import InputError
 from pc3d.io.atomic import atomic_path, write_text_atomic
-from pc3d.ops import grid_sample, knn, rasterize_points, scatter_min
+from pc3d.methods.affinity3d_oracle import OracleFeatures
+from pc3d.methods.affinity3d_queue import Departure, InstanceQueue
+from pc3d.ops import grid_sample, knn, scatter_min
 
 # ------------------------------------------------------------------------------------------ superpoints
 
@@ -296,72 +296,6 @@ class ClipFeatures:
         return grid[torch.from_numpy(rows), torch.from_numpy(cols)]
 
 
-class OracleFeatures:
-    """Ground-truth class embeddings of what the camera sees: the frame's labelled points are rendered into a
-    z-buffered label image; a crop's content is its normalised class histogram h, so crops mixing several objects
-    give mixed features, as real crops do.
-
-    A crop feature has two blocks, F = normalise([w h_text, h]): the text-aligned block (what the class
-    embeddings [e_c, 0] read, w = `text_weight`) and the appearance block (what only image-image similarity sees).
-    This models CLIP's modality gap: zero-shot crop labels are noisy while crops of one class still look alike.
-    With probability `noise` a crop's text block is replaced by a wrong class's embedding (uniform over the other
-    candidate classes; seeded per frame), i.e. its CLIP label is wrong but its appearance is not. If the noise hit
-    both blocks, F would sit on the wrong class's prototype and no similarity graph could correct it."""
-
-    def __init__(self, radius: int = 2, logit_scale: float | None = None, noise: float = 0.0,
-                 text_weight: float = 0.5, seed: int = 0) -> None:
-        self.radius = radius
-        self.logit_scale = logit_scale or 100.0
-        self.noise, self.text_weight, self.seed = noise, text_weight, seed
-        self.seconds = 0.0
-        self._labels: np.ndarray | None = None
-        self._classes: list[int] = list(range(1, NUM_CLASSES))
-        self._rng = np.random.default_rng(seed)
-
-    def class_embeddings(self, classes: list[int]) -> Tensor:
-        self._classes = list(classes)  # the wrong labels are drawn among these
-        return torch.cat([torch.eye(NUM_CLASSES)[classes], torch.zeros(len(classes), NUM_CLASSES)], dim=1)
-
-    def begin_frame(self, sample: dict[str, Any]) -> None:
-        if "gt" not in sample:
-            raise InputError(f"oracle features need ground-truth labels (sequence {sample['sequence']} frame "
-                             f"{sample['frame']} has none)")
-        # one stream per frame: the same frame gets the same noise whatever ran before it (resume, ablations)
-        self._rng = np.random.default_rng([self.seed, zlib.crc32(f"{sample['sequence']}/{sample['frame']}".encode())])
-        height, width = sample["image"].shape[:2]
-        k, extrinsics = camera_from_projection(sample["proj"])
-        ahead = np.flatnonzero(sample["points"][:, 0] > 0)
-        raster = rasterize_points(torch.from_numpy(sample["points"][ahead].astype(np.float64)), torch.from_numpy(k),
-                                  torch.from_numpy(extrinsics), height, width, radius=self.radius)
-        index = raster.index.numpy()
-        gt = sample["gt"][ahead]
-        self._labels = np.where(index >= 0, gt[np.maximum(index, 0)], IGNORE)
-
-    def crop_features(self, image: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> Tensor:
-        tic = time.perf_counter()
-        content = np.zeros((len(boxes), NUM_CLASSES))
-        for i, (t, l, b, r) in enumerate(boxes):
-            hist = np.bincount(self._labels[t:b, l:r].reshape(-1), minlength=NUM_CLASSES).astype(np.float64)
-            hist[IGNORE] = 0
-            content[i] = hist / max(np.linalg.norm(hist), 1e-12)
-        text = content.copy()
-        # draw for every crop so that the noise of crop i does not depend on the noise level's other draws
-        flip, pick = self._rng.random(len(boxes)) < self.noise, self._rng.random(len(boxes))
-        for i in np.flatnonzero(flip):
-            wrong = [c for c in self._classes if c != int(content[i].argmax())]
-            if wrong and content[i].any():
-                text[i] = np.eye(NUM_CLASSES)[wrong[int(pick[i] * len(wrong))]]
-        feats = np.concatenate([self.text_weight * text, content], axis=1)
-        feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        self.seconds += time.perf_counter() - tic
-        return torch.tensor(feats, dtype=torch.float32).reshape(len(boxes), 2 * NUM_CLASSES)
-
-    def pixel_features(self, image: np.ndarray, pixels: np.ndarray) -> Tensor:
-        labels = torch.from_numpy(self._labels[pixels[:, 0], pixels[:, 1]])
-        onehot = F.one_hot(labels, NUM_CLASSES).float()
-        return torch.cat([onehot, onehot], dim=1) / np.sqrt(2.0)
-
-
 # ------------------------------------------------------------------------------------------ the labeller
 
 
@@ -375,8 +309,21 @@ class FrameResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class PendingFrame:
+    """A frame whose superpoints wait in the instance queue: everything but their classes is known."""
+
+    sample: dict[str, Any]  # the frame (without its image) for writing and scoring it
+    result: FrameResult  # labels so far (seen classes in GZS), visibility, the crop features and scores
+    target: np.ndarray  # (P,) points that take their superpoint's class
+    slot: np.ndarray  # (P,) the superpoint (row of features / scores) of each target point
+
+
 class PseudoLabeler:
-    """Affinity3D for one sequence of frames at a time (the queue resets between sequences)."""
+    """Affinity3D over a stream of frames. `push(sample)` labels what it can and returns the frames whose labels
+    are final; `flush()` ends the stream. With affinity on, a frame's superpoints go through the instance queue
+    (section 3.4, `affinity3d_queue`): the frame is final when they leave it, refined together with the queued
+    instances of the frames around it, later ones included. The queue empties at the end of each sequence."""
 
     def __init__(self, config: Any, source: FeatureSource) -> None:
         self.config, self.source = config, source
@@ -388,16 +335,32 @@ class PseudoLabeler:
         self.embeddings = source.class_embeddings(self.classes)
         method = config.superpoints.method
         self.superpoint_method = ("dbscan" if setting == "gzs" else "bpss") if method == "auto" else method
-        self.queue: deque[tuple[Tensor, Tensor]] = deque(maxlen=max(config.affinity.queue, 1))
+        self.queue: InstanceQueue[PendingFrame] = InstanceQueue(config.affinity.queue_size)
         self.sequence: str | None = None
 
-    def remember(self, sequence: str, features: np.ndarray, scores: np.ndarray) -> None:
-        """Add a finished frame to the queue (also used to rebuild it on resume)."""
-        if sequence != self.sequence:
-            self.queue.clear()
-            self.sequence = sequence
-        if self.config.affinity.queue > 0 and len(features):
-            self.queue.append((torch.from_numpy(features).float(), torch.from_numpy(scores).float()))
+    def push(self, sample: dict[str, Any]) -> list[tuple[dict[str, Any], FrameResult]]:
+        """Label one frame; returns the (sample, result) pairs that became final, in frame order."""
+        return self.push_prepared(self.prepare(sample))
+
+    def push_prepared(self, pending: PendingFrame) -> list[tuple[dict[str, Any], FrameResult]]:
+        """`push` for a frame already through `prepare` (studies reuse one preparation for several walks)."""
+        done = self.flush() if pending.sample["sequence"] != self.sequence else []
+        self.sequence = pending.sample["sequence"]
+        if not self.config.affinity.enabled or self.config.labeler == "dense":
+            scores = torch.from_numpy(pending.result.scores)
+            return done + [(pending.sample, self.finish(pending, scores))]
+        feats, scores = torch.from_numpy(pending.result.features), torch.from_numpy(pending.result.scores)
+        return done + [self._refined(d) for d in self.queue.push(pending, feats, scores)]
+
+    def flush(self) -> list[tuple[dict[str, Any], FrameResult]]:
+        """The frames still queued (end of a sequence or of the run), final now."""
+        return [self._refined(d) for d in self.queue.flush()]
+
+    def _refined(self, departure: Departure[PendingFrame]) -> tuple[dict[str, Any], FrameResult]:
+        cfg = self.config.affinity
+        refined = refine_scores(departure.features, departure.scores, departure.other_features,
+                                departure.other_scores, cfg.scale, cfg.beta)
+        return departure.key.sample, self.finish(departure.key, refined)
 
     def superpoints(self, points: np.ndarray) -> np.ndarray:
         if len(points) == 0:
@@ -407,13 +370,13 @@ class PseudoLabeler:
             return dbscan(points, cfg.eps, cfg.min_samples)
         return bpss_supervoxels(points, cfg.resolution, cfg.k)
 
-    def __call__(self, sample: dict[str, Any]) -> FrameResult:
+    def prepare(self, sample: dict[str, Any]) -> PendingFrame:
+        """Steps 1-4 of one frame: superpoints, visibility, crops, features F and initial scores Y."""
         cfg = self.config
         points, image = sample["points"], sample["image"]
         n, image_size = len(points), image.shape[:2]
         gzs = cfg.data.setting == "gzs"
         labels = sample["labels"].copy() if gzs else np.zeros(n, dtype=np.int64)
-        threshold = self.threshold
         fov_index, fov_uv, fov_depth = sample["fov_index"], sample["fov_uv"], sample["fov_depth"]
         pixels = np.stack([np.clip(fov_uv[:, 1].astype(np.int64), 0, image_size[0] - 1),
                            np.clip(fov_uv[:, 0].astype(np.int64), 0, image_size[1] - 1)], axis=1)
@@ -426,18 +389,20 @@ class PseudoLabeler:
         visible[fov_index[fov_visible]] = True
         candidate = labels == IGNORE if gzs else np.ones(n, dtype=bool)  # points that need a label
         self.source.begin_frame(sample)
-        pseudo = np.zeros(n, dtype=bool)
-        empty = (np.zeros((0, self.embeddings.shape[1]), np.float32), np.zeros((0, len(self.classes)), np.float32))
-        if cfg.labeler == "dense":
+        kept = {k: v for k, v in sample.items() if k != "image"}
+
+        def pending(feats: Tensor, target: np.ndarray, slot: np.ndarray, superpoints: int) -> PendingFrame:
+            scores = self._scores(feats) if len(feats) else torch.zeros(0, len(self.classes))
+            result = FrameResult(labels, visible, np.zeros(n, dtype=bool), feats.numpy().astype(np.float32),
+                                 scores.numpy().astype(np.float32), stats={"superpoints": superpoints})
+            return PendingFrame(kept, result, target, slot)
+
+        if cfg.labeler == "dense":  # every visible candidate pixel is its own node (no superpoints, no queue)
             target = visible[fov_index] & candidate[fov_index]
-            feats = self.source.pixel_features(image, pixels[target])
-            scores = self._scores(feats)
-            chosen = torch.tensor(self.classes)[scores.argmax(dim=1)].numpy()
-            keep = scores.max(dim=1).values.numpy() > threshold
-            points_hit = fov_index[target][keep]
-            labels[points_hit], pseudo[points_hit] = chosen[keep], True
-            return FrameResult(labels, visible, pseudo, *empty,
-                               stats={"superpoints": 0, "rejected_points": int((~keep).sum())})
+            frame = pending(self.source.pixel_features(image, pixels[target]).float(), fov_index[target],
+                            np.arange(int(target.sum())), 0)
+            frame.result.features = frame.result.features[:, :0]  # per-pixel features are not kept (size)
+            return frame
         cand_index = np.flatnonzero(candidate)
         sp = np.full(n, -1, dtype=np.int64)
         sp[cand_index] = self.superpoints(points[cand_index])
@@ -449,31 +414,35 @@ class PseudoLabeler:
         uv_of = np.full((n, 2), np.nan)
         uv_of[fov_index] = fov_uv
         ids = np.unique(sp[usable])
+        if not len(ids):
+            return pending(torch.zeros(0, self.embeddings.shape[1]), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
         boxes = []
         for s in ids:
             members = np.flatnonzero((sp == s) & usable)
             boxes.append(crop_box(uv_of[members], cfg.features.min_crop, image_size))
-        if not len(ids):
-            return FrameResult(labels, visible, pseudo, *empty, stats={"superpoints": 0, "rejected_points": 0})
         feats = self.source.crop_features(image, boxes).float()
-        scores = self._scores(feats)
-        refined = scores
-        if cfg.affinity.enabled:
-            qf = torch.cat([f for f, _ in self.queue]) if self.queue else None
-            qy = torch.cat([y for _, y in self.queue]) if self.queue else None
-            refined = refine_scores(feats, scores, qf, qy, cfg.affinity.scale, cfg.affinity.beta)
-        best, chosen = refined.max(dim=1)
-        chosen_class = torch.tensor(self.classes)[chosen].numpy()
-        keep = best.numpy() > threshold
         lookup = np.full(int(sp.max()) + 1, -1, dtype=np.int64)
         lookup[ids] = np.arange(len(ids))
         target = np.flatnonzero(usable)
-        slot = lookup[sp[target]]
-        ok = keep[slot]
-        labels[target[ok]] = chosen_class[slot[ok]]
-        pseudo[target[ok]] = True
-        return FrameResult(labels, visible, pseudo, feats.numpy(), scores.numpy(),
-                           stats={"superpoints": len(ids), "rejected_points": int((~ok).sum())})
+        return pending(feats, target, lookup[sp[target]], len(ids))
+
+    def finish(self, frame: PendingFrame, refined: Tensor) -> FrameResult:
+        """Steps 5-6 given the (refined) scores of the frame's superpoints: argmax over the candidate classes on
+        their points, if max > the threshold."""
+        result = frame.result
+        labels, pseudo = result.labels.copy(), result.pseudo.copy()
+        if len(frame.target):
+            best, chosen = refined.max(dim=1)
+            chosen_class = torch.tensor(self.classes)[chosen].numpy()
+            keep = best.numpy() > self.threshold
+            ok = keep[frame.slot]
+            labels[frame.target[ok]] = chosen_class[frame.slot[ok]]
+            pseudo[frame.target[ok]] = True
+            rejected = int((~ok).sum())
+        else:
+            rejected = 0
+        return FrameResult(labels, result.visible, pseudo, result.features, result.scores,
+                           stats={**result.stats, "rejected_points": rejected})
 
     @property
     def threshold(self) -> float:
@@ -491,8 +460,8 @@ class PseudoLabeler:
 def build_source(config: Any, device: torch.device) -> FeatureSource:
     fcfg = config.features
     if fcfg.source == "oracle":
-        return OracleFeatures(fcfg.oracle_radius, fcfg.logit_scale, fcfg.noise, fcfg.oracle_text_weight,
-                              config.run.seed)
+        return OracleFeatures(fcfg.oracle_radius, fcfg.logit_scale, fcfg.noise, fcfg.confusion, config.run.seed,
+                              fcfg.oracle_dim)
     if fcfg.build_tiny_random:
         from pc3d.foundation.clip import build_tiny_random_clip, tiny_random_cached
 
@@ -505,7 +474,8 @@ def build_source(config: Any, device: torch.device) -> FeatureSource:
 
 
 def output_root(config: Any) -> Path:
-    """A stable folder (no time stamp) so a rerun resumes: <run.out>/<run.name>/."""
+    """A stable folder (no time stamp) for library callers (bench, studies) that share frames between calls;
+    `pc3d pseudolabel` writes a run folder instead (see `run`)."""
     return Path(config.run.out) / (config.run.name or "affinity3d")
 
 
@@ -631,10 +601,11 @@ class Accuracy:
         return out
 
 
-def pseudolabel(config: Any, device: torch.device | None = None) -> dict[str, Any]:
-    """Run Affinity3D over the configured frames; returns the summary (also written to OUT/summary.json)."""
+def pseudolabel(config: Any, device: torch.device | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Run Affinity3D over the configured frames into `out` (default `output_root`); returns the summary
+    (also written to OUT/summary.json)."""
     device = device or resolve_device(config.run.device)
-    out = output_root(config)
+    out = Path(out) if out is not None else output_root(config)
     out.mkdir(parents=True, exist_ok=True)
     dataset = dataset_for(config, out)
     source = build_source(config, device)
@@ -642,25 +613,31 @@ def pseudolabel(config: Any, device: torch.device | None = None) -> dict[str, An
     accuracy = Accuracy(config.data.setting)
     done = skipped = 0
     tic = time.perf_counter()
+
+    def emit(finished: list[tuple[dict[str, Any], FrameResult]]) -> None:
+        nonlocal done
+        for sample, result in finished:  # frames leave the queue in order, each once
+            write_frame(frame_paths(out, sample["sequence"], sample["frame"]), result)
+            if "gt" in sample:
+                accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample), sample.get("instance"))
+            done += 1
+
+    # frames are written in order as they leave the queue, and the queue only ever holds unwritten frames, so a
+    # resumed run skips the written frames at the head of each sequence and rebuilds the same queue from the rest
+    resuming: set[str] = set()
     for i in con.track(range(len(dataset)), total=len(dataset), description="pseudo-labels"):
         ref = dataset.frames[i]
         paths = frame_paths(out, ref.sequence, ref.frame)
-        if config.resume and all(p.is_file() for p in paths.values()):
-            cached = np.load(paths["features"])
-            labeler.remember(ref.sequence, cached["features"], cached["scores"])
+        if i == 0 or dataset.frames[i - 1].sequence != ref.sequence:
+            resuming.add(ref.sequence)
+        if ref.sequence in resuming and config.resume and all(p.is_file() for p in paths.values()):
             skipped += 1
             if dataset.has_labels(i):  # finished frames still count in the summary
                 _add_finished(accuracy, dataset, i, paths)
             continue
-        sample = dataset[i]
-        if labeler.sequence != ref.sequence:
-            labeler.remember(ref.sequence, np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32))
-        result = labeler(sample)
-        write_frame(paths, result)
-        labeler.remember(ref.sequence, result.features, result.scores)
-        if "gt" in sample:
-            accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample), sample.get("instance"))
-        done += 1
+        resuming.discard(ref.sequence)
+        emit(labeler.push(dataset[i]))
+    emit(labeler.flush())
     seconds = time.perf_counter() - tic
     summary: dict[str, Any] = {
         "out": str(out), "frames": len(dataset), "labelled": done, "skipped": skipped,
@@ -686,11 +663,10 @@ def score_pseudo_labels(config: Any, dataset: SemanticKITTI) -> dict[str, Any]:
         sample = dataset[i]
         if "gt" not in sample:
             raise InputError(f"{dataset.label_path(dataset.frames[i])}: scoring pseudo-labels needs ground truth")
-        if labeler.sequence != sample["sequence"]:
-            labeler.remember(sample["sequence"], np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32))
-        result = labeler(sample)
-        labeler.remember(sample["sequence"], result.features, result.scores)
-        accuracy.add(sample["gt"], sample.get("labels"), result, _in_image(sample), sample.get("instance"))
+        for done, result in labeler.push(sample):
+            accuracy.add(done["gt"], done.get("labels"), result, _in_image(done), done.get("instance"))
+    for done, result in labeler.flush():
+        accuracy.add(done["gt"], done.get("labels"), result, _in_image(done), done.get("instance"))
     return accuracy.summary()
 
 
@@ -721,6 +697,12 @@ def _in_image(sample: dict[str, Any]) -> np.ndarray:
 
 
 def run(request: Any) -> dict[str, Any]:
-    """`pc3d pseudolabel affinity3d [--data ROOT] [--out DIR]` entry point."""
-    torch.manual_seed(request.config.run.seed)
-    return pseudolabel(request.config)
+    """`pc3d pseudolabel affinity3d [--data ROOT] [--out DIR]` entry point: a run folder
+    <out>/<name>/<time>/; with `resume` (default) the latest one of the same config continues."""
+    from pc3d.runs import RunDir
+
+    config = request.config
+    torch.manual_seed(config.run.seed)
+    run_dir = RunDir.continue_or_create(config.run.out, config.run.name or "affinity3d",
+                                        config.model_dump(mode="json"), config.resume)
+    return {"run_dir": str(run_dir.path), **pseudolabel(config, out=run_dir.path)}

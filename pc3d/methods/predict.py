@@ -39,8 +39,10 @@ PREDICT_TASKS: dict[str, str] = {
     "scene-probe": "scene semantic / instance / panoptic segmentation probes (pc3d finetune probe-scannet)",
     "affinity3d-seg": "zero-shot LiDAR semantic segmentation (pc3d finetune affinity3d-semantickitti)",
     "object-cls": "shape classification (pc3d finetune cls-modelnet40)",
+    "object-fewshot": "one fold of a few-shot classification run (pc3d finetune fewshot-modelnet40)",
     "object-partseg": "part segmentation (pc3d finetune partseg-shapenetpart)",
 }
+CLASSIFIERS = ("object-cls", "object-fewshot")  # a few-shot fold's checkpoint is a classifier like any other
 QUERY_CHUNK = 65_536  # points classified per step from an encoded scene: bounds the 3-NN distance matrix
 NORMAL_RADIUS, NORMAL_NEIGHBOURS = 0.1, 30  # metres: indoor-scene normals for inputs that carry none
 
@@ -53,22 +55,15 @@ def tasks_line() -> str:
 
 
 def resolve_checkpoint(spec: str) -> Path:
-    """A checkpoint file from CHECKPOINT: a run folder (its checkpoints/best.json, else last.json), a
+    """A checkpoint file from CHECKPOINT: a run folder (its checkpoints/best.json, else last.json), `latest`, a
     checkpoints folder, a checkpoint file of the pair, or hf://owner/repo[@rev][/file]."""
+    from pc3d.engine.checkpoint import resolve_checkpoint_path
     from pc3d.engine.hub import HF_SCHEME, resolve_weights
 
-    if not spec.startswith(HF_SCHEME):
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            for folder in (path / "checkpoints", path):
-                for name in ("best.json", "last.json"):
-                    if (folder / name).is_file():
-                        return folder / name
-            raise InputError(f"{spec}: a folder without checkpoints/best.json or checkpoints/last.json; pass a run "
-                             "folder or a checkpoint file")
-        if not path.exists():
-            raise InputError(f"checkpoint not found: {spec}")
-    return resolve_weights(spec)
+    local = resolve_checkpoint_path(spec)
+    if not spec.startswith(HF_SCHEME) and not Path(local).exists():
+        raise InputError(f"checkpoint not found: {spec}")
+    return resolve_weights(local)
 
 
 def saved_config(spec: str, path: Path) -> dict[str, Any]:
@@ -96,6 +91,9 @@ def validated_config(spec: str, saved: dict[str, Any]) -> Any:
     from pc3d.config.registry import schema_for
 
     method = saved["method"]
+    if method == "partstad-fewshot":  # a box-weight network, not a model of points: segment applies it
+        raise InputError(f"{spec}: a PartSTAD weight network, which labels parts through 2-D views; apply it with "
+                         f"pc3d segment INPUT --parts \"a,b,c\" --weights {spec}")
     if method not in PREDICT_TASKS:
         raise InputError(f"{spec}: a '{method}' checkpoint ({saved.get('command', '?')}), which pc3d predict cannot "
                          f"apply; it applies checkpoints of {tasks_line()}")
@@ -153,9 +151,9 @@ class Predictor:
                     "task": c.probe.task, "cluster_radius": c.probe.cluster_radius}
         if self.method_name == "affinity3d-seg":
             return {"voxel_size": c.model.voxel_size, "features": "xyz + intensity", "tta": c.tta}
-        if self.method_name == "object-cls":
+        if self.method_name in CLASSIFIERS:
             return {"points": c.data.num_points, "fps_pool": c.data.fps_pool, "normalise": "unit sphere",
-                    "votes": c.votes, "vote_seed": c.run.seed}
+                    "votes": getattr(c, "votes", 0), "vote_seed": c.run.seed}
         return {"points": c.data.num_points, "sampling": "FPS when larger", "normalise": "unit sphere"}
 
     # ---------------------------------------------------------------- per task
@@ -170,7 +168,7 @@ class Predictor:
                 return self._probe(cloud)
             if self.method_name == "affinity3d-seg":
                 return self._zeroshot(cloud)
-            if self.method_name == "object-cls":
+            if self.method_name in CLASSIFIERS:
                 return self._classify(cloud)
             return self._partseg(cloud, path, category)
 
@@ -268,7 +266,7 @@ class Predictor:
         single = int(logits.argmax())
         shape: dict[str, Any] = {"single_class_index": single, "single_class": self.classes[single],
                                  "single_score": float(logits.softmax(-1)[single])}
-        if config.votes:
+        if getattr(config, "votes", 0):  # few-shot folds are scored without votes
             # a generator per shape: an input's class does not depend on the other inputs of the batch
             generator = torch.Generator().manual_seed(config.run.seed)
             voted = method.vote_logits(batch, config.votes, generator).float().cpu()  # (V, 1, C)
@@ -320,6 +318,19 @@ def shape_category(path: Path, given: str | None) -> tuple[str, int]:
         return by_lower[first], CATEGORY_IDS[by_lower[first]]
     raise InputError(f"{path}: part segmentation needs the shape's category: --category NAME or a file name "
                      f"starting with it, e.g. chair_01.ply ({', '.join(CATEGORY_IDS)})")
+
+
+def fold_classes(checkpoint: Path, count: int) -> tuple[str, ...]:
+    """A few-shot fold's classes (its `way` classes, in its own 0..way-1 order) from the fold.json the few-shot
+    run writes into each fold's run folder; class_<i> for a fold that did not finish."""
+    from pc3d.methods.object_finetune import FOLD_FILE
+
+    record = checkpoint.parent.parent / FOLD_FILE
+    if record.is_file():
+        names = json.loads(record.read_text()).get("classes") or []
+        if len(names) == count:
+            return tuple(str(n) for n in names)
+    return tuple(f"class_{i}" for i in range(count))
 
 
 def classification_names(config: Any, count: int) -> tuple[str, ...]:
@@ -376,7 +387,7 @@ def load_predictor(spec: str, device: str = "auto") -> tuple[Predictor, Path]:
         text = torch.zeros_like(weights["text"]) if "text" in weights else None
         method = ZeroShotSeg(no_image, text, np.ones(NUM_CLASSES, np.float32))
         task, classes, kitti = "zero-shot-semseg", tuple(CLASS_NAMES), True
-    elif name == "object-cls":
+    elif name in CLASSIFIERS:
         from pc3d.methods.object_finetune import ObjectClassification
 
         # the class count is the last linear layer's width (the highest-numbered 2-D weight of the head)
@@ -386,7 +397,7 @@ def load_predictor(spec: str, device: str = "auto") -> tuple[Predictor, Path]:
             raise InputError(f"{spec}: no classifier head in the checkpoint")
         count = int(head[-1][1].shape[0])
         method, task = ObjectClassification(config, count), "classification"
-        classes = classification_names(config, count)
+        classes = fold_classes(path, count) if name == "object-fewshot" else classification_names(config, count)
     else:
         from pc3d.data.labels import SHAPENETPART_PART_IDS
         from pc3d.methods.object_finetune import ObjectPartSegmentation
@@ -488,7 +499,8 @@ def write_classifications(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str
 
 def predict(checkpoint: str, inputs: list[str], out: str | Path = "runs", device: str = "auto",
             category: str | None = None, columns: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Load CHECKPOINT once, predict every input, write the outputs to `<out>/predict/<time>/`."""
+    """Load CHECKPOINT once, predict every input, write the outputs to `<out>/predict/<time>/` (made
+    `<out>/predict/latest`) beside config.yaml, versions.json and summary.json (the returned result)."""
     from pc3d.io.pointcloud import read_point_cloud
     from pc3d.runs import RunDir
 
@@ -496,9 +508,7 @@ def predict(checkpoint: str, inputs: list[str], out: str | Path = "runs", device
     predictor, checkpoint_file = load_predictor(checkpoint, device)
     if category is not None and predictor.task != "partseg":
         raise InputError(f"--category applies to part segmentation; {checkpoint} is a {predictor.task} checkpoint")
-    run_dir = RunDir.create(out, "predict")
-    # the run-folder convention makes checkpoints/; a prediction writes none, so the empty folder goes
-    run_dir.checkpoints.rmdir()
+    run_dir = RunDir.create(out, "predict", checkpoints=False)  # a prediction writes no checkpoints
     stems = output_stems(files, run_dir.path)
     run_dir.save_config({"command": "predict", "checkpoint": checkpoint, "checkpoint_file": str(checkpoint_file),
                          "method": predictor.method_name, "task": predictor.task, "device": str(predictor.device),
@@ -532,5 +542,5 @@ def predict(checkpoint: str, inputs: list[str], out: str | Path = "runs", device
                               "classes": list(predictor.classes), "counts": totals, "inputs": records}
     if rows:
         result["outputs"] = write_classifications(run_dir.path, rows)
-    write_text_atomic(run_dir.path / "summary.json", json.dumps(result, indent=1))
+    run_dir.write_summary(result)  # also when called as a library (the CLI writes the same object again)
     return result

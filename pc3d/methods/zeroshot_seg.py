@@ -463,6 +463,6 @@ def run(request: Any) -> dict[str, Any]:
     method.load_state_dict(weights, strict=False)
     val_set = _val_set(config)
     scores = evaluate(method, val_set, config.tta, config.eval_convention)
-    write_text_atomic(Path(result["run_dir"]) / "eval_metrics.json", json.dumps(scores, indent=2))
+    write_text_atomic(Path(result["run_dir"]) / "test_metrics.json", json.dumps(scores, indent=2))
     result["eval"] = {k: v for k, v in scores.items() if k != "confusion"}
     return result
