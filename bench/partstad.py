@@ -28,7 +28,10 @@ def main() -> None:
     from pc3d.config import load_preset, validate_preset
     from pc3d.data.synthetic.objects import generate_object, object_rng
     from pc3d.io.pointcloud import PointCloud
-    from pc3d.methods.partstad import TwoDModels, ground_truth_parts, prepare_shape, segment_votes
+    from pc3d.methods.partstad import segment_votes
+    from pc3d.methods.partstad_detections import TwoDModels
+    from pc3d.methods.partstad_io import ground_truth_parts
+    from pc3d.methods.partstad_pipeline import prepare_shape
 
     preset = {"tiny-random": "partstad-tiny-random", "oracle": "partstad-oracle", "grounding-dino": "partstad"}
     data = load_preset(preset[args.detector])

@@ -11,19 +11,18 @@ import torch
 from pc3d.config.partstad import NetworkConfig, RenderConfig, VotingConfig
 from pc3d.foundation.detector import Detections
 from pc3d.methods.partstad import (
-    ViewDetections,
-    Views,
     WeightNetwork,
-    assign_labels,
-    build_votes,
+    box_weights,
     part_probabilities,
     relaxed_miou_loss,
-    render_views,
     segment_votes,
     superpoint_scores,
     superpoint_targets,
     valid_superpoints,
 )
+from pc3d.methods.partstad_detections import ViewDetections
+from pc3d.methods.partstad_render import Views, render_views
+from pc3d.methods.partstad_voting import assign_labels, build_votes
 from pc3d.ops.graph_partition import merge_small_components, region_growing_partition
 
 FOCAL_20PX = 10 / math.tan(math.radians(30))  # 20-px image, 60 deg field of view
@@ -220,8 +219,6 @@ def test_partslip_voting_ignores_whole_object_boxes():
     views, detections, votes, superpoint = _tiny_scene(seed=6)
     votes.box_cover = torch.zeros_like(votes.box_cover)
     votes.box_cover[0] = 0.99
-    from pc3d.methods.partstad import box_weights
-
     weights, null = box_weights(votes, VotingConfig(weighting="none"), None)
     assert null is None and weights[0] == 0 and (weights[1:] == 1).all()
 
@@ -229,8 +226,6 @@ def test_partslip_voting_ignores_whole_object_boxes():
 def test_score_weighting_is_confidence_weighted_voting():
     """weighting=score: vote shares weighted by box confidence, thresholded like PartSLIP voting -- a superpoint
     inside confident boxes of one part gets that part (tau x score against a null of tau never could)."""
-    from pc3d.methods.partstad import box_weights
-
     views, detections, votes, superpoint = _tiny_scene(seed=6)
     votes.box_cover = torch.zeros_like(votes.box_cover)
     votes.box_cover[0] = 0.99
@@ -243,41 +238,6 @@ def test_score_weighting_is_confidence_weighted_voting():
     score_labels, _ = segment_votes(votes, VotingConfig(weighting="score"), None, ["a", "b", "c"])
     voting_labels, _ = segment_votes(votes, VotingConfig(weighting="none"), None, ["a", "b", "c"])
     assert torch.equal(score_labels, voting_labels) and bool((voting_labels >= 0).any())
-
-
-def _two_part_views(num_views: int) -> tuple[Views, np.ndarray]:
-    """Every view shows part 0 (points 0-7) in the left half and part 1 (points 8-15) in the right half."""
-    rng = np.random.default_rng(0)
-    size = 32
-    uv = np.concatenate([rng.uniform([2, 4], [12, 28], (8, 2)), rng.uniform([18, 4], [30, 28], (8, 2))])
-    images = np.full((num_views, size, size, 3), 255, np.uint8)
-    views = Views(images, torch.full((num_views, size, size), -1), torch.ones(num_views, 16, dtype=torch.bool),
-                  torch.as_tensor(np.repeat(uv[None], num_views, 0)), torch.zeros(num_views, 3))
-    return views, np.repeat([0, 1], 8)
-
-
-@pytest.mark.parametrize("signal", [0.0, 1.0])
-def test_oracle_confidence_ranks_right_boxes_above_wrong_ones_as_configured(signal):
-    from scipy.stats import mannwhitneyu
-
-    from pc3d.config.partstad import DetectorConfig
-    from pc3d.methods.partstad import oracle_detections
-
-    views, semantic = _two_part_views(1000)
-    cfg = DetectorConfig(kind="oracle", oracle_label_noise=0.5, oracle_score_signal=signal)
-    per_view = oracle_detections(views, semantic, semantic.copy(), 2, cfg, seed=1)
-    boxes = torch.cat([d.boxes for d in per_view]).numpy()
-    labels = torch.cat([d.labels for d in per_view]).numpy()
-    scores = torch.cat([d.scores for d in per_view]).numpy()
-    features = torch.cat([d.features for d in per_view]).numpy()
-    true_part = (boxes[:, 0] >= 16).astype(int)  # no jitter: each box is its part's tight box
-    right = labels == true_part
-    assert len(labels) == 2000 and 0.4 < right.mean() < 0.6
-    assert scores.min() >= 0.5 and scores.max() <= 1.0
-    assert np.array_equal(features[:, :2], np.eye(2)[labels]) and np.allclose(features[:, 2], scores)
-    # AUC of right vs wrong scores: Beta(1+s,1) vs Beta(1,1+s) -> 1/2 for s = 0, 5/6 for s = 1
-    auc = mannwhitneyu(scores[right], scores[~right]).statistic / (right.sum() * (~right).sum())
-    assert auc == pytest.approx(0.5 if signal == 0 else 5 / 6, abs=0.06)
 
 
 def test_colourless_sphere_renders_shaded_centre_bright_rim_dark():
@@ -317,7 +277,7 @@ def test_cut_pursuit_py_is_partslips_libcp_problem():
 def test_cut_pursuit_py_superpoints_do_not_straddle_a_crease():
     pytest.importorskip("cut_pursuit_py")
     from pc3d.config.partstad import SuperpointConfig
-    from pc3d.methods.partstad import superpoints
+    from pc3d.methods.partstad_superpoints import superpoints
 
     rng = np.random.default_rng(0)
     floor = np.column_stack([rng.uniform(-1, 1, 1500), np.zeros(1500), rng.uniform(-1, 0, 1500)])
@@ -335,7 +295,7 @@ def test_cut_pursuit_py_missing_is_a_one_line_input_error(monkeypatch):
 
     from pc3d.config.partstad import SuperpointConfig
     from pc3d.errors import InputError
-    from pc3d.methods.partstad import superpoints
+    from pc3d.methods.partstad_superpoints import superpoints
 
     monkeypatch.setitem(sys.modules, "cut_pursuit_py", None)  # import raises ImportError
     points = np.random.default_rng(0).normal(size=(50, 3))

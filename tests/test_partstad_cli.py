@@ -39,12 +39,12 @@ def test_segment_tiny_random_writes_every_output(cli, objects, tmp_path, offline
     summary = json.loads(result.out)
     assert (tmp_path / "hub" / "models--pc3d-tiny-random--grounding-dino").is_dir()
     assert (tmp_path / "hub" / "models--pc3d-tiny-random--sam").is_dir()
-    labels = np.load(summary["files"]["labels"])
+    labels = np.load(summary["outputs"]["labels"])
     assert labels.shape == (1024,) and labels.min() >= -1 and labels.max() < 3
-    cloud = read_point_cloud(summary["files"]["ply"])
+    cloud = read_point_cloud(summary["outputs"]["ply"])
     assert np.array_equal(cloud.fields["label"], labels) and cloud.colors is not None
-    assert np.load(summary["files"]["instances"]).shape == (1024,)
-    sheet = read_image(summary["files"]["sheet"])
+    assert np.load(summary["outputs"]["instances"]).shape == (1024,)
+    sheet = read_image(summary["outputs"]["sheet"])
     assert sheet.ndim == 3 and sheet.shape[1] >= 5 * 64
     assert sum(summary["points_per_part"].values()) == 1024
     assert summary["boxes"] > 0 and summary["sam"] is True
@@ -58,7 +58,9 @@ def test_segment_oracle_boxes_give_high_miou(cli, objects, tmp_path):
     summary = json.loads(result.out)
     assert summary["weighting"] == "none"  # no weights given: PartSLIP voting
     assert summary["box_weights"] == "partslip-voting" and summary["weights"] is None
-    # measured with region-growing superpoints (the default): 0.743 on this 1024-point chair (cut pursuit: 0.701;
+    # re-measured 2026-12-04 with bbox2seg's edge rules (pc3d segment chair_0001.ply --parts arm,back,leg,seat
+    # --preset partstad-oracle [--set superpoints.method=M]): region-growing superpoints (the default) 0.743 on
+    # this 1024-point chair, cut-pursuit-py 0.738 (cut pursuit: 0.701;
     # at 1024 points it leaves 59% of the points in components of <= 10 points, which PartSLIP's small-component
     # merge hands to ~11 superpoints that straddle parts)
     assert summary["miou"] > 0.7
@@ -73,22 +75,31 @@ def test_segment_without_part_labels_rejects_the_oracle(cli, tmp_path):
     assert result.code == 2 and "oracle detector needs per-point part labels" in result.err
 
 
-def test_fewshot_weights_beat_voting_on_noisy_oracle_boxes(cli, tmp_path):
-    # trained - voting test mIoU per seed (8 test chairs), region-growing superpoints (default), seeds 0-2:
-    # +0.036 +0.009 +0.022; cut pursuit, seeds 0-5: +0.022 +0.003 +0.013 +0.005 +0.070 +0.028; the same boxes with
-    # uninformative confidences (detector.oracle_score_signal=0, cut pursuit): +0.024 -0.019 -0.037 -0.007 +0.043
-    # +0.006. One seed's 8 chairs are too few to judge, so: mean over seeds 0-2 > +0.005, none much worse.
-    gains = []
-    for seed in (0, 1, 2):
+def test_fewshot_weights_learn_and_beat_voting_on_noisy_oracle_boxes(cli, tmp_path):
+    # The oracle's box features are image statistics and geometry of the box, never its label or correctness, and
+    # its confidences are one distribution for every box (pc3d.methods.partstad_oracle), so the weights can only
+    # learn what a detector's box feature also shows. Measured (scripts/study_partstad.py, README), trained - voting
+    # test mIoU with 48 chairs (8 few-shot, 8 val, 32 test), seeds 0-4: +0.016 +0.001 +0.026 +0.016 +0.034
+    # (mean +0.018); with the quickstart's 24 chairs (8 test) the same networks give +0.028 -0.005 -0.000 -0.030
+    # +0.026, too few test chairs to judge. Training takes the relaxed-mIoU loss on the few-shot chairs from
+    # 0.94-0.95 to 0.40-0.46. The gain is the learned null weight (a learned vote threshold): the trained null with
+    # one constant box weight scores higher still (0.760 vs 0.744 trained, 0.726 voting). What the test holds, on
+    # seeds 0-1 with 32 test chairs each (measured +0.016, +0.001): the loss drops by at least 40 %, the trained
+    # weights beat voting on average and lose at most 0.015 on a seed.
+    gains, losses = [], []
+    for seed in (0, 1):
         result = cli("finetune", "partstad-fewshot", "--preset", "quickstart", "--seed", str(seed),
-                     "--out", tmp_path / f"runs{seed}", "--json")
+                     "--set", "data.synthetic_count=48", "--out", tmp_path / f"runs{seed}", "--json")
         assert result.code == 0, result.err
-        test = json.loads(result.out)["test"]
-        assert test["shapes"] == 8
+        out_json = json.loads(result.out)
+        test = out_json["test"]
+        assert test["shapes"] == 32
         gains.append(test["partstad"]["miou"] - test["partslip_voting"]["miou"])
+        losses.append(out_json["train_loss"])
         if seed == 0:
-            out, summary = tmp_path / "runs0", json.loads(result.out)
-    assert min(gains) > -0.01 and float(np.mean(gains)) > 0.005, gains
+            out, summary = tmp_path / "runs0", out_json
+    assert all(loss["partstad"] < 0.6 * loss["untrained"] for loss in losses), losses
+    assert float(np.mean(gains)) > 0.0 and min(gains) > -0.015, gains
     assert summary["best"]["metric"] == "val/miou"
     assert any((out / "partstad-cache" / "Chair").glob("*.npz"))  # 2D outputs cached per shape
     # the trained weights drive `pc3d segment --checkpoint` on a labelled PartNetE test chair

@@ -3,23 +3,18 @@ and instance merging; all on hand-placed points and boxes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
 from pc3d.config.partstad import VotingConfig
 from pc3d.foundation.detector import Detections
-from pc3d.methods.partstad import (
-    ShapeVotes,
-    ViewDetections,
-    Views,
-    assign_labels,
-    build_votes,
-    merge_instances,
-    segment_votes,
-    superpoint_scores,
-)
-from pc3d.methods.partstad_voting import box_iou
+from pc3d.methods.partstad import segment_votes, superpoint_scores
+from pc3d.methods.partstad_detections import ViewDetections
+from pc3d.methods.partstad_render import Views
+from pc3d.methods.partstad_voting import ShapeVotes, assign_labels, box_iou, build_votes, merge_instances
 
 
 def _one_view(uv: list[tuple[float, float]], boxes: list[list[float]], labels: list[int], size: int = 256,
@@ -159,3 +154,141 @@ def test_instances_keep_superpoints_of_very_different_sizes_apart():
     votes.sp_size = torch.tensor([5.0, 500.0, 5.0, 5.0], dtype=torch.float64)  # 100x: bbox2seg needs < 100
     masks, _, _ = merge_instances(votes, torch.zeros(4, dtype=torch.long), torch.ones(4, 1, dtype=torch.float64))
     assert sorted(sorted(set(votes.superpoint[torch.as_tensor(m)].tolist())) for m in masks) == [[2]]
+
+
+def _brute_force_instances(points, superpoint, uv, visible, boxes, box_view, box_label, sp_labels, confidence,
+                           whole_object=0.98):
+    """bbox2seg's merging (shared/reference/partstad.md section 8) recomputed from the raw points, pixels and
+    boxes, not from ShapeVotes: in-box ratios, 3-D gaps, sizes, the keep rule; components by breadth-first search."""
+    num_sp = int(superpoint.max()) + 1
+
+    def inside(v, b):  # points strictly inside box b in view v (borders outside, as the votes)
+        x1, y1, x2, y2 = boxes[b]
+        return (uv[v, :, 0] > x1) & (uv[v, :, 0] < x2) & (uv[v, :, 1] > y1) & (uv[v, :, 1] < y2)
+
+    def iou(a, b):
+        w = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+        h = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union if union > 0 else 0.0
+
+    def view_box(members, v):
+        seen = np.isin(superpoint, members) & visible[v]
+        if not seen.any():
+            return None
+        return [*uv[v, seen].min(0), *uv[v, seen].max(0)]
+
+    cover = np.array([inside(int(box_view[b]), b).mean() for b in range(len(boxes))])
+    ratio = np.zeros((num_sp, len(boxes)))
+    for j in range(num_sp):
+        for b in range(len(boxes)):
+            v = int(box_view[b])
+            own = view_box([j], v)
+            if own is None:
+                ratio[j, b] = -1
+            elif iou(own, boxes[b]) < 1e-6:
+                ratio[j, b] = 0
+            else:
+                mine = (superpoint == j) & visible[v]
+                ratio[j, b] = (inside(v, b) & mine).sum() / mine.sum()
+    sizes = np.bincount(superpoint, minlength=num_sp)
+    groups_out = []
+    for part in sorted(set(sp_labels[sp_labels >= 0].tolist())):
+        members = [j for j in range(num_sp) if sp_labels[j] == part]
+        use = [b for b in range(len(boxes)) if box_label[b] == part and cover[b] < whole_object]
+        linked = {j: set() for j in members}
+        for a in members:
+            for b in members:
+                if a >= b:
+                    continue
+                pa, pb = points[superpoint == a], points[superpoint == b]
+                gap = max((pa.min(0) - pb.max(0)).max(), (pb.min(0) - pa.max(0)).max())
+                if gap >= 0.02 or max(sizes[a], sizes[b]) / min(sizes[a], sizes[b]) >= 100:
+                    continue
+                both = [k for k in use if ratio[a, k] >= 0 and ratio[b, k] >= 0]
+                ra, rb = ratio[a, both], ratio[b, both]
+                denominator = max(ra.sum(), rb.sum()) if both else 0.0
+                dis = np.abs(ra - rb).sum() / denominator if denominator >= 1e-3 else 1.0
+                if dis < 0.2:
+                    linked[a].add(b)
+                    linked[b].add(a)
+        left = set(members)
+        while left:
+            queue, group = [min(left)], set()
+            while queue:
+                j = queue.pop()
+                if j not in group:
+                    group.add(j)
+                    queue.extend(linked[j] - group)
+            left -= group
+            keep = any((vb := view_box(sorted(group), int(box_view[b]))) is not None and iou(vb, boxes[b]) > 0.5
+                       for b in range(len(boxes)) if box_label[b] == part)
+            if keep:
+                weight = sizes[sorted(group)]
+                score = float((confidence[sorted(group), part] * weight).sum() / weight.sum())
+                groups_out.append((part, tuple(sorted(group)), score))
+    return sorted(groups_out)
+
+
+def _row_scene(seed: int) -> tuple[Any, ...]:
+    """Superpoints in a row 0.01 apart (adjacent), two views, boxes over runs of superpoints plus one box per
+    view covering the whole object; random labels (some -1) and confidences."""
+    rng = np.random.default_rng(seed)
+    num_sp, per = 10, 12
+    superpoint = np.repeat(np.arange(num_sp), per)
+    offset = rng.uniform(0, 0.095, len(superpoint))
+    offset[::per], offset[1::per] = 0.0, 0.095  # each superpoint spans 0.095 of its 0.1 slot: gaps of 0.005
+    points = np.column_stack([superpoint * 0.1 + offset, rng.uniform(0, 0.3, (len(superpoint), 2))])
+    size = 400
+    uv = np.stack([np.column_stack([20 + points[:, 0] * 300, 20 + points[:, 1] * 300]),
+                   np.column_stack([20 + points[:, 0] * 300, 20 + points[:, 2] * 300])])
+    visible = rng.random((2, len(superpoint))) < 0.85
+    boxes, box_view, box_label = [], [], []
+    for v in range(2):
+        for _ in range(4):
+            a = int(rng.integers(0, num_sp))
+            b = int(rng.integers(a, min(a + 4, num_sp)))
+            run = np.isin(superpoint, np.arange(a, b + 1))
+            lo, hi = uv[v, run].min(0), uv[v, run].max(0)
+            boxes.append([*(lo - rng.uniform(0, 4, 2)), *(hi + rng.uniform(0, 4, 2))])
+            box_view.append(v)
+            box_label.append(int(rng.integers(0, 2)))
+        boxes.append([0.0, 0.0, size, size])  # covers the whole object: no ratio votes, may still keep a group
+        box_view.append(v)
+        box_label.append(int(rng.integers(0, 2)))
+    # float32, as the detections hold them, so the brute force sees the same boxes
+    boxes_np = np.array(boxes, np.float32).astype(np.float64)
+    view_np, label_np = np.array(box_view), np.array(box_label)
+    views = Views(np.full((2, size, size, 3), 255, np.uint8), torch.full((2, size, size), -1),
+                  torch.as_tensor(visible), torch.as_tensor(uv), torch.tensor([[0.0, 0, 1], [0, 1, 0]]))
+    per_view = [Detections(torch.as_tensor(boxes_np[view_np == v]).float(), torch.ones(int((view_np == v).sum())),
+                           torch.as_tensor(label_np[view_np == v]), torch.zeros(int((view_np == v).sum()), 2))
+                for v in range(2)]
+    votes = build_votes(points, superpoint, views, ViewDetections.from_views(per_view, 2), 2)
+    sp_labels = np.where(rng.random(num_sp) < 0.15, -1, (np.arange(num_sp) // 4) % 2)
+    confidence = rng.uniform(0.5, 1.0, (num_sp, 2))
+    masks, labels, scores = merge_instances(votes, torch.as_tensor(sp_labels), torch.as_tensor(confidence))
+    got = sorted((int(label), tuple(sorted(set(superpoint[mask].tolist()))), float(score))
+                 for mask, label, score in zip(masks, labels, scores, strict=True))
+    expected = _brute_force_instances(points, superpoint, uv, visible, boxes_np, view_np, label_np, sp_labels,
+                                      confidence)
+    return got, expected, sp_labels
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_instance_merging_equals_a_brute_force_bbox2seg(seed):
+    """merge_instances on build_votes' data equals bbox2seg's merging recomputed from the raw pixels and boxes."""
+    got, expected, _ = _row_scene(seed)
+    assert [(p, g) for p, g, _ in got] == [(p, g) for p, g, _ in expected]
+    assert [s for _, _, s in got] == pytest.approx([s for _, _, s in expected])
+
+
+def test_brute_force_scenes_exercise_merges_and_drops():
+    """The scenes are not trivial: across the seeds some instances join several superpoints, some stay single,
+    and some labelled superpoints are dropped by the keep rule."""
+    sizes, dropped = [], 0
+    for seed in range(6):
+        got, _, sp_labels = _row_scene(seed)
+        sizes += [len(group) for _, group, _ in got]
+        dropped += int((sp_labels >= 0).sum()) - sum(len(group) for _, group, _ in got)
+    assert max(sizes) >= 2 and min(sizes) == 1 and dropped > 0, (sizes, dropped)

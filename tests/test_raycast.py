@@ -147,7 +147,7 @@ def test_normals_match_open3d_up_to_sign(radius, max_nn):
 
 def test_normals_fallback_and_partstad_orientation(monkeypatch):
     """Isolated points get open3d's +z; PartSTAD's centroid rule orients both implementations alike."""
-    from pc3d.methods.partstad import estimate_normals
+    from pc3d.methods.partstad_superpoints import estimate_normals
     from pc3d.ops.normals import estimate_normals_hybrid
 
     lonely = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 5.0, 0.0]])

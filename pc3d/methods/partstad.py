@@ -11,10 +11,14 @@ The paper's step, on top of PartSLIP's pipeline (stages beside this file):
                                                                                           `part_probabilities`
   4. loss             1 - mean_c RIoU_c, RIoU_c = sum n_j g_jc P_jc / (sum n_j g_jc + sum n_j P_jc - sum n_j g_jc
                       P_jc) over superpoints in some box (g: label shares, n: sizes)       `relaxed_miou_loss`
-  5. labels           P_jc >= 0.5, small parts first (bbox2seg's rule)   `segment_votes` -> `assign_labels`
+  5. labels           P_jc >= 0.5 - 1e-4 (score2seg), the last-indexed passing small part first, else the best
+                      (bbox2seg's rule, as released; the paper writes an argmax)  `segment_votes` -> `assign_labels`
   then PartSLIP's instance merging (`merge_instances`).
 Training (`pc3d finetune partstad-fewshot`) minimises 4 on the 8 few-shot shapes of a category with the 2-D
-outputs cached per shape (`partstad_io`); `pc3d segment` runs 1-5 on one shape (`prepare_shape` first).
+outputs cached per shape (`partstad_io`), keeps the checkpoint of best validation mIoU and scores it on the
+held-out test shapes beside PartSLIP voting; `pc3d segment` runs 1-5 on one shape (`prepare_shape` first).
+Offline studies replace the detector by `partstad_oracle` (true-part boxes, noisy on request, with features that
+never encode a box's label or correctness).
 """
 
 from __future__ import annotations
@@ -38,46 +42,21 @@ from pc3d.config.partstad import (
 from pc3d.engine.device import resolve_device
 from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
-from pc3d.methods.partstad_detections import (
-    ORACLE_STATS,
-    TwoDModels,
-    ViewDetections,
-    oracle_detections,
-    oracle_feature_dim,
-)
+from pc3d.methods.partstad_detections import TwoDModels
 from pc3d.methods.partstad_io import (
     FewShotShapes,
-    ShapeRecord,
-    cache_root,
     cached_votes,
     collate_shapes,
-    contact_sheet,
     fewshot_splits,
     ground_truth_parts,
-    part_palette,
     partnete_root,
     segment_summary,
-    shape_cache_key,
     votes_of,
     write_segmentation,
 )
-from pc3d.methods.partstad_pipeline import PreparedShape, prepare_shape
-from pc3d.methods.partstad_render import Views, camera_matrices, camera_position, normalize_unit_sphere, render_views
-from pc3d.methods.partstad_superpoints import estimate_normals, superpoint_graph, superpoints
-from pc3d.methods.partstad_voting import VISIBLE_EPS, ShapeVotes, assign_labels, build_votes, merge_instances
+from pc3d.methods.partstad_pipeline import prepare_shape
+from pc3d.methods.partstad_voting import VISIBLE_EPS, ShapeVotes, assign_labels, merge_instances
 from pc3d.runs import RunRequest
-
-# the stages' names stay importable from here (tests, bench/partstad.py)
-__all__ = [
-    "ORACLE_STATS", "FewShotShapes", "PartstadMethod", "PreparedShape", "ShapeRecord", "ShapeVotes", "TwoDModels",
-    "ViewDetections", "Views", "WeightNetwork", "assign_labels", "box_weights", "build", "build_votes", "cache_root",
-    "cached_votes", "camera_matrices", "camera_position", "collate_shapes", "contact_sheet", "estimate_normals",
-    "evaluate_shapes", "fewshot_splits", "finetune", "ground_truth_parts", "load_network", "merge_instances",
-    "normalize_unit_sphere", "oracle_detections", "oracle_feature_dim", "part_palette", "part_probabilities",
-    "partnete_root", "positional_encoding", "prepare_shape", "relaxed_miou_loss", "render_views", "segment",
-    "segment_summary", "segment_votes", "shape_cache_key", "superpoint_graph", "superpoint_scores",
-    "superpoint_targets", "superpoints", "valid_superpoints", "votes_of", "write_segmentation",
-]
 
 NULL_FLOOR = 5e-4  # PartSTAD: the null score never drops below this
 
@@ -312,8 +291,9 @@ class PartstadMethod(Method):
         network = [(n, p) for n, p in self.named_parameters() if n != "network.null_weight"]
         return [
             {"params": [p for _, p in network], "param_names": [n for n, _ in network], "weight_decay": weight_decay},
-            {"params": [self.network.null_weight], "param_names": ["network.null_weight"], "weight_decay": 0.0,
-             "lr_scale": self.null_lr_scale},
+            # run_partstad.py: a second AdamW for the null weight with torch's default decay (0.01), as the network's
+            {"params": [self.network.null_weight], "param_names": ["network.null_weight"],
+             "weight_decay": weight_decay, "lr_scale": self.null_lr_scale},
         ]
 
 
@@ -359,6 +339,19 @@ def evaluate_shapes(samples: list[dict[str, Tensor]], parts: Sequence[str], voti
             "map50_part_agnostic": aps["map50_part_agnostic"]}
 
 
+def fewshot_loss(samples: list[dict[str, Tensor]], network: WeightNetwork) -> float:
+    """The training objective (mean relaxed-mIoU loss, step 4) of `network` on `samples`, without gradients."""
+    losses = []
+    with torch.no_grad():
+        for sample in samples:
+            votes = votes_of(sample)
+            probs = part_probabilities(superpoint_scores(votes, network(votes.box_feature, votes.box_geometry)),
+                                       network.null_score())
+            targets = superpoint_targets(votes, sample["gt_semantic"])
+            losses.append(float(relaxed_miou_loss(probs, targets, votes.sp_size, valid_superpoints(votes))))
+    return float(sum(losses) / max(len(losses), 1))
+
+
 def finetune(request: RunRequest) -> dict[str, Any]:
     """Few-shot training of one category's weight network, then test-set evaluation of the best checkpoint
     next to PartSLIP voting and the untrained network."""
@@ -383,6 +376,9 @@ def finetune(request: RunRequest) -> dict[str, Any]:
         "partslip_voting": evaluate_shapes(test, parts, cfg.voting.model_copy(update={"weighting": "none"}), None,
                                            tau),
     }
+    # the objective on the few-shot shapes before and after training: did the weights learn what they were taught
+    _, train, _ = _load_split(cfg, "train")
+    result["train_loss"] = {"untrained": fewshot_loss(train, untrained), "partstad": fewshot_loss(train, network)}
     result["weights"] = best
     result["category"] = cfg.data.category
     from pc3d.io.atomic import write_text_atomic

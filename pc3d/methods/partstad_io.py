@@ -19,6 +19,7 @@ from pc3d.config.partstad import PartstadFewShotPreset, PartstadSections, Partst
 from pc3d.engine.device import resolve_device
 from pc3d.errors import InputError
 from pc3d.methods.partstad_detections import TwoDModels
+from pc3d.methods.partstad_oracle import ORACLE_FEATURES
 from pc3d.methods.partstad_pipeline import PreparedShape, prepare_shape
 from pc3d.methods.partstad_voting import ShapeVotes
 
@@ -115,11 +116,11 @@ def write_segmentation(cfg: PartstadSegmentPreset, stem: Path, path: Path, categ
         "input": str(path), "category": category, "points": int(len(labels)), "points_per_part": counts,
         "superpoints": int(len(prepared.votes.sp_size)), "boxes": int(len(prepared.detections.scores)),
         "seconds": {k: round(v, 3) for k, v in prepared.timings.items()},
-        "files": {"labels": str(out("labels.npy")), "ply": str(out("parts.ply")), "sheet": str(out("sheet.png"))},
+        "outputs": {"labels": str(out("labels.npy")), "ply": str(out("parts.ply")), "sheet": str(out("sheet.png"))},
     }
     if instances is not None:
         record["instances"] = int(len(instances[1]))
-        record["files"]["instances"] = str(out("instances.npy"))
+        record["outputs"]["instances"] = str(out("instances.npy"))
     if truth is not None and (truth[0] >= 0).any():
         from pc3d.metrics import partnet_miou
 
@@ -153,13 +154,14 @@ def segment_summary(cfg: PartstadSegmentPreset, run_path: Path, parts: Sequence[
     summary: dict[str, Any] = {
         "parts": list(parts), "weighting": voting.weighting, "box_weights": BOX_WEIGHTS[voting.weighting],
         "weights": weights if voting.weighting == "network" else None, "detector": cfg.detector.kind,
-        "sam": cfg.sam.enabled, "out": str(run_path), "points_per_part": totals, "inputs": records,
+        "sam": cfg.sam.enabled, "run_dir": str(run_path), "out": str(run_path), "points_per_part": totals,
+        "inputs": records,
     }
     labelled = [r["miou"] for r in records if "miou" in r]
     if labelled:  # PartNet's instance average: the mean of the per-shape mIoUs
         summary["mean_miou"] = float(np.mean(labelled))
     if len(records) == 1:
-        # the single-shape keys callers of `pc3d segment FILE --json` read (files, points, boxes, miou, ...) stay
+        # the single-shape keys callers of `pc3d segment FILE --json` read (outputs, points, boxes, miou, ...) stay
         # at the top
         summary.update({k: v for k, v in records[0].items() if k not in summary})
         summary["points_per_part"] = records[0]["points_per_part"]
@@ -273,9 +275,15 @@ def fewshot_splits(root: Path, category: str) -> tuple[list[str], dict[str, list
 
 def shape_cache_key(record: ShapeRecord, parts: Sequence[str], cfg: PartstadSections) -> str:
     digest = hashlib.sha1(record.cloud.read_bytes())
-    digest.update(json.dumps([list(parts), cfg.render.model_dump(mode="json"),
+    # the oracle's feature columns are part of what is cached: a cache of older oracle features must not load
+    digest.update(json.dumps([list(parts), list(ORACLE_FEATURES) if cfg.detector.kind == "oracle" else None,
+                              cfg.render.model_dump(mode="json"),
                               cfg.detector.model_dump(mode="json"), cfg.sam.model_dump(mode="json"),
                               cfg.superpoints.model_dump(mode="json")], sort_keys=True).encode())
+    if cfg.detector.weights:  # an adapted detector's weights, not their path (runs/.../latest moves on)
+        from pc3d.foundation.detector import adapted_detector_fingerprint
+
+        digest.update(adapted_detector_fingerprint(cfg.detector.weights, cfg.detector.kind).encode())
     return digest.hexdigest()[:20]
 
 

@@ -13,7 +13,6 @@ import torch
 
 from pc3d.config.partstad import SuperpointConfig
 from pc3d.errors import InputError
-from pc3d.methods.partstad_render import DEFAULT_GREY
 
 
 def estimate_normals(points: np.ndarray, radius: float, max_nn: int) -> np.ndarray:
@@ -46,7 +45,9 @@ def superpoint_graph(points: np.ndarray, colors: np.ndarray | None, cfg: Superpo
 
     n = len(points)
     normals = estimate_normals(points, cfg.normal_radius, cfg.normal_max_nn)
-    rgb = np.full((n, 3), DEFAULT_GREY) if colors is None else np.asarray(colors, dtype=np.float64) / 255.0
+    # without colours every point has the same one: only the normals tell points apart (any constant gives the
+    # same edge weights and partition, so no renderer's grey is needed here)
+    rgb = np.zeros((n, 3)) if colors is None else np.asarray(colors, dtype=np.float64) / 255.0
     features = np.hstack([normals, cfg.color_weight * rgb]).astype(np.float32).astype(np.float64)
     k = min(cfg.knn + 1, n)
     xyz = torch.as_tensor(np.asarray(points), dtype=torch.float32)

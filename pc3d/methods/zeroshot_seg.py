@@ -366,8 +366,10 @@ def pseudo_folder(config: Any) -> Path:
 
 
 def pseudo_root(config: Any) -> Path | None:
-    if config.data.pseudo_labels:
-        return Path(config.data.pseudo_labels)
+    if config.data.pseudo_labels:  # `runs/affinity3d-kitti/latest` may be the text-file form of the link
+        from pc3d.runs import resolve_latest
+
+        return resolve_latest(config.data.pseudo_labels)
     if config.data.source == "synthetic":
         return pseudo_folder(config)
     return None
