@@ -11,11 +11,12 @@ STAMP := $(VENV)/.installed
 LOCK := requirements-lock.txt
 LATEST := .venv-latest
 SMOKE := .venv-smoke
+LOWEST := .venv-lowest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # `pytest`, not `python -m pytest`: the latter puts the repository root first on sys.path
 PYTEST_ARGS := -n 2 --dist loadfile tests
 
-.PHONY: install demo test test-latest lock smoke gpu-check lint bench completions clean
+.PHONY: install demo test test-latest test-lowest lock smoke gpu-check lint bench completions clean
 
 $(STAMP): pyproject.toml setup.py $(LOCK)
 	@missing=""; \
@@ -49,6 +50,15 @@ test-latest:
 	  $(LATEST)/bin/python scripts/lock.py check $(LOCK) --label "make test-latest failed" \
 	  && echo "make test-latest failed with exactly the locked versions"; exit 1; }
 
+# A fresh venv with the lowest releases pyproject's ranges allow (constraints-lowest.txt); dependencies of
+# dependencies resolve to their newest, as a user's pip would give them.
+test-lowest:
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install -q --upgrade pip
+	$(LOWEST)/bin/pip install -q -c constraints-lowest.txt -e ".[dev]"
+	$(LOWEST)/bin/pytest $(PYTEST_ARGS)
+
 lock: test-latest
 	$(LATEST)/bin/python scripts/lock.py write $(LOCK)
 
@@ -78,4 +88,4 @@ completions: install
 	$(BIN)/python -m pc3d.cli.completions completions
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(SMOKE) demo-out .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(LOWEST) $(SMOKE) demo-out .pytest_cache

@@ -76,3 +76,30 @@ def test_transformers_model_loads_with_the_root_on_sys_path(tmp_path):
     proc = _in_fresh_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loaded ClipEncoder" in proc.stdout
+
+
+def test_lowest_constraints_pin_exactly_pyprojects_lower_bounds():
+    """`make test-lowest` installs constraints-lowest.txt: each pin must be the bound pyproject states, so a
+    raised or lowered bound cannot go untested."""
+    import re
+
+    from packaging.version import Version
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bounds = {}
+    for dep in deps:
+        match = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][^,;\s]*)", dep)
+        assert match, f"dependency without a lower bound: {dep}"
+        bounds[match[1].lower().replace("_", "-")] = Version(match[2])
+    pins = {}
+    for line in (ROOT / "constraints-lowest.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = Version(version.strip())
+    # torch: the local CPU wheel stands in (PyPI's old torch is a CUDA build); open3d-cpu is optional at run time
+    untested = {"torch", "open3d-cpu"}
+    assert {k: v for k, v in pins.items() if k not in untested} == {k: v for k, v in bounds.items()
+                                                                     if k not in untested}

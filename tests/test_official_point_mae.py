@@ -346,10 +346,12 @@ def test_official_partseg_checkpoint_loads_whole(outputs, tmp_path, legacy):
     state = official_partseg_state(feat_dim)
     path = tmp_path / "best_model.pth"
     save_official_partseg(path, state, legacy)
+    numpy1, numpy2 = b"numpy.core.multiarray\nscalar", b"numpy._core.multiarray\nscalar"
     if legacy:  # a file written under numpy 1.x names the scalar constructor numpy.core.multiarray.scalar
-        raw = path.read_bytes()
-        assert raw.count(b"numpy._core.multiarray\nscalar") == 1
-        path.write_bytes(raw.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"))
+        path.write_bytes(path.read_bytes().replace(numpy2, numpy1))
+    elif np.lib.NumpyVersion(np.__version__) < "2.0.0":  # numpy 1 cannot import numpy._core: nothing loads it
+        pytest.skip("a numpy-2 pickle needs numpy >= 2 to load")
+    assert path.read_bytes().count(numpy1 if legacy else numpy2) == 1
     with pytest.raises(Exception, match="multiarray.scalar"):  # plain weights_only refuses the metrics
         torch.load(path, weights_only=True)
 

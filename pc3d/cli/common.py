@@ -193,8 +193,14 @@ def dispatch(config: Any, preset_name: str, **request: Any) -> dict[str, Any]:
     module_name, _, func_name = type(config).entry.partition(":")
     if not module_name:
         raise InputError(f"method '{config.method}' has no entry point")
-    entry = getattr(importlib.import_module(module_name), func_name)
+    module = importlib.import_module(module_name)
+    run_request = RunRequest(config=config, preset_name=preset_name, **request)
+    # what the command line asked for is checked first (a method's own `check_request`), then the dataset
+    # folders (sampled, so a broken dataset fails here rather than in epoch 3)
+    check_request = getattr(module, "check_request", None)
+    if check_request is not None:
+        check_request(run_request)
     from pc3d.data.prepare.preflight import startup_check
 
-    startup_check(config, inference=bool(request.get("inputs")))  # dataset folders: fail here, not in epoch 3
-    return entry(RunRequest(config=config, preset_name=preset_name, **request))
+    startup_check(config, inference=bool(request.get("inputs")))
+    return getattr(module, func_name)(run_request)

@@ -26,7 +26,7 @@ from typing import Any
 from pc3d.errors import InputError
 
 # (module, name) -> (numpy 2 module, name). `numpy.core` is numpy 1's name; numpy 2 keeps it only as a
-# deprecated alias, so both spellings resolve to `numpy._core` without importing the alias.
+# deprecated alias, so both spellings resolve to `numpy._core` without importing the alias (numpy 1: `numpy.core`).
 _NUMPY_GLOBALS = {
     ("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"),
 }
@@ -65,7 +65,9 @@ class RestrictedUnpickler(pickle.Unpickler):
                 and (parts[2], name) in _NUMPY_GLOBALS:
             import importlib
 
-            return getattr(importlib.import_module(f"numpy._core.{parts[2]}"), name)
+            # numpy 2 lives in numpy._core (numpy.core is a deprecated alias); numpy 1 has only numpy.core
+            package = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+            return getattr(importlib.import_module(f"{package}.{parts[2]}"), name)
         if module == "builtins" and name in _BUILTINS:
             import builtins
 

@@ -239,6 +239,11 @@ def check_object_init(config: Any, request: Any) -> None:
                           f"object.weights={SCRATCH} to train it from scratch (Table 7's Scratch row)")
 
 
+def check_request(request: Any) -> None:
+    """Run by the CLI before the dataset check: a missing object-expert choice is the first thing to fix."""
+    check_object_init(request.config, request)
+
+
 def run(request: Any) -> dict:
     from pc3d.engine.trainer import fit
 
