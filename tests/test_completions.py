@@ -35,7 +35,7 @@ def test_bash_completes_commands_options_and_choices():
     assert _bash_complete(["pc3d", "pretrain", "--gp"]) == ["--gpus"]
     assert sorted(_bash_complete(["pc3d", "finetune", "--device", ""])) == ["auto", "cpu", "cuda"]
     assert "point-mode" in _bash_complete(["pc3d", "pretrain", "point-m"])
-    assert _bash_complete(["pc3d", "data", "sy"]) == ["synth"]
+    assert _bash_complete(["pc3d", "data", "sy"]) == ["synth", "synth-raw"]
     assert "lidar" in _bash_complete(["pc3d", "data", "synth", "li"])
 
 
