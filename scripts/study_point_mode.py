@@ -1,10 +1,17 @@
 """Study (not CI): does Point-MoDE pretraining help detection on the synthetic scenes?
 
-Runs, through the real CLI: Point-MoDE pretraining (quickstart sizes), then detection finetuning
-twice with the same seed and schedule -- from scratch and from the pretraining checkpoint -- and
-prints AP25 / AP50 of both (best and last validation), plus an untrained detector's AP as the floor.
+Runs, through the real CLI and for each seed: Point-MoDE pretraining (the quickstart preset), then detection
+finetuning twice with that seed and schedule -- from scratch and from the pretraining checkpoint -- exactly as
+the README's commands do:
 
-    OMP_NUM_THREADS=1 python scripts/study_point_mode.py --pretrain-epochs 8 --finetune-epochs 50
+    pc3d pretrain point-mode --preset quickstart --seed S
+    pc3d finetune det-scannet --preset quickstart --seed S [--from <pretraining last.json>]
+
+Each finetuning keeps the checkpoint with the best val AP25 and scores it once on its own synthetic test
+scenes; this prints the test AP25 / AP50 per seed and their mean +- std (sample std), the selected val AP25,
+and an untrained detector's test AP as the floor.
+
+    OMP_NUM_THREADS=1 python scripts/study_point_mode.py --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import argparse
 import contextlib
 import io
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,82 +37,75 @@ def cli_json(*args: str) -> dict:
     return json.loads(buffer.getvalue().strip().splitlines()[-1])
 
 
-def validation_rows(run: dict) -> list[dict]:
-    rows = [json.loads(line) for line in open(Path(run["run_dir"]) / "metrics.jsonl")]
-    return [r for r in rows if "val/ap25" in r]
-
-
-def best_and_last(rows: list[dict], key: str) -> tuple[float, float]:
-    values = [r[f"val/{key}"] for r in rows]
-    return max(values), values[-1]
-
-
 # classes of the synthetic rooms that are furniture standing on the floor (the rest are 3-5 cm thin wall items)
 FURNITURE = ("cabinet", "bed", "chair", "sofa", "table", "bookshelf")
 
 
-def untrained_ap(sets: list[str]) -> dict:
+def untrained_test_ap(seed: int) -> dict:
+    """AP of the quickstart detector at its initial weights on the seed's test scenes: the floor."""
     import torch
 
     from pc3d.config import apply_overrides, load_preset, validate_preset
-    from pc3d.methods.scene_detection import build
-    from pc3d.metrics import detection_ap
+    from pc3d.engine.selection import score
+    from pc3d.methods.scene_detection import build, synthetic_test_scenes
 
-    config = validate_preset(apply_overrides(load_preset("det-scannet-quickstart"), sets), "det")
-    torch.manual_seed(config.run.seed)
+    config = validate_preset(apply_overrides(load_preset("det-scannet-quickstart"), [f"run.seed={seed}"]), "det")
+    torch.manual_seed(seed)
     setup = build(config, 0)
-    setup.method.eval()
-    samples = []
-    for i in range(len(setup.val_set)):
-        batch = {k: v.unsqueeze(0) for k, v in setup.val_set[i].items()}
-        samples += setup.method.validation_step(batch)["scenes"]
-    return detection_ap(samples)
+    test = synthetic_test_scenes(config)
+    assert test is not None
+    return score(setup.method, test, config.train.batch_size)
+
+
+def mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} +- {std:.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrain-epochs", type=int, default=8)
-    parser.add_argument("--finetune-epochs", type=int, default=50)
-    parser.add_argument("--pretrain-scenes", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the quickstart preset's")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the quickstart preset's")
+    parser.add_argument("--pretrain-scenes", type=int, default=None, help="default: the quickstart preset's")
+    parser.add_argument("--starts", nargs="+", default=["scratch", "point-mode"], choices=["scratch", "point-mode"])
     parser.add_argument("--out", default=None, help="run folder parent (default: a temporary folder)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="pc3d-study-point-mode-"))
+    pre_sets = ([f"train.epochs={args.pretrain_epochs}"] if args.pretrain_epochs else []) + (
+        [f"data.synthetic_count={args.pretrain_scenes}"] if args.pretrain_scenes else [])
+    fine_sets = [f"train.epochs={args.finetune_epochs}"] if args.finetune_epochs else []
 
-    tic = time.perf_counter()
-    pre = cli_json("pretrain", "point-mode", "--preset", "quickstart", "--out", str(out), "--seed", str(args.seed),
-                   "--set", f"train.epochs={args.pretrain_epochs}",
-                   "--set", f"data.synthetic_count={args.pretrain_scenes}")
-    pretrain_s = time.perf_counter() - tic
-    sets = [f"train.epochs={args.finetune_epochs}"]
-    set_args = [a for s in sets for a in ("--set", s)]
-    results = {}
-    for name, extra in (("scratch", []), ("point-mode", ["--from", pre["checkpoints"]["last"]])):
-        tic = time.perf_counter()
-        run = cli_json("finetune", "det-scannet", "--preset", "quickstart", "--out", str(out / name),
-                       "--seed", str(args.seed), *set_args, *extra)
-        rows = validation_rows(run)
-        results[name] = {key: best_and_last(rows, key) for key in ("ap25", "ap50")}
-        results[name]["per_class"] = {k[len("val/ap25_"):]: v for k, v in rows[-1].items()
-                                      if k.startswith("val/ap25_")}
-        results[name]["seconds"] = time.perf_counter() - tic
-    floor = untrained_ap(sets)
+    rows: dict[str, list[dict]] = {name: [] for name in ("untrained", *args.starts)}
+    for seed in args.seeds:
+        pre = None
+        if "point-mode" in args.starts:
+            pre = cli_json("pretrain", "point-mode", "--preset", "quickstart", "--out", str(out / f"pretrain-{seed}"),
+                           "--seed", str(seed), *[a for s in pre_sets for a in ("--set", s)])
+        for name in args.starts:
+            extra = ["--from", pre["checkpoints"]["last"]] if name == "point-mode" and pre else []
+            tic = time.perf_counter()
+            run = cli_json("finetune", "det-scannet", "--preset", "quickstart", "--out", str(out / f"{name}-{seed}"),
+                           "--seed", str(seed), *[a for s in fine_sets for a in ("--set", s)], *extra)
+            test = run["test"]
+            furniture = [v for k, v in test.items() if k[len("ap25_"):] in FURNITURE]
+            rows[name].append({"seed": seed, "test_ap25": test["ap25"], "test_ap50": test["ap50"],
+                               "test_ar25": test["ar25"], "val_ap25": run["val"]["ap25"],
+                               "epoch": run["selection"]["epoch"], "furniture_ap25": sum(furniture) / len(furniture),
+                               "seconds": time.perf_counter() - tic})
+            print(json.dumps({"start": name, **rows[name][-1]}), flush=True)
+        floor = untrained_test_ap(seed)
+        rows["untrained"].append({"seed": seed, "test_ap25": floor["ap25"], "test_ap50": floor["ap50"],
+                                  "test_ar25": floor["ar25"]})
 
-    print(f"pretraining: {args.pretrain_epochs} epochs on {args.pretrain_scenes} synthetic scenes, "
-          f"{pretrain_s:.0f} s; final losses "
-          + ", ".join(f"{k} {v:.4f}" for k, v in pre["metrics"].items() if k in ("chamfer", "giou")))
-    print(f"detection finetuning: {args.finetune_epochs} epochs, quickstart sizes, seed {args.seed}")
-    print(f"{'start':<12}{'AP25 best':>10}{'AP25 last':>10}{'AP50 best':>10}{'AP50 last':>10}{'time s':>8}")
-    print(f"{'untrained':<12}{floor['ap25']:>10.4f}{'':>10}{floor['ap50']:>10.4f}")
-    for name, r in results.items():
-        furniture = [v for k, v in r["per_class"].items() if k in FURNITURE]
-        print(f"{name:<12}{r['ap25'][0]:>10.4f}{r['ap25'][1]:>10.4f}{r['ap50'][0]:>10.4f}{r['ap50'][1]:>10.4f}"
-              f"{r['seconds']:>8.0f}  furniture AP25 (last) {sum(furniture) / max(len(furniture), 1):.4f}")
-    print("per-class AP25 at the last validation:")
-    classes = sorted({k for r in results.values() for k in r["per_class"]})
-    print(f"{'start':<12}" + "".join(f"{c[:9]:>10}" for c in classes))
-    for name, r in results.items():
-        print(f"{name:<12}" + "".join(f"{r['per_class'].get(c, float('nan')):>10.3f}" for c in classes))
+    print(f"detection finetuning, quickstart preset, seeds {args.seeds}; checkpoint selected on val AP25, "
+          "scored once on the test scenes")
+    print(f"{'start':<12}{'test AP25':>18}{'test AP50':>18}{'test AR25':>18}{'val AP25 (sel.)':>18}  per seed AP25")
+    for name, runs in rows.items():
+        val = mean_std([r["val_ap25"] for r in runs]) if "val_ap25" in runs[0] else ""
+        print(f"{name:<12}" + "".join(f"{mean_std([r[k] for r in runs]):>18}"
+                                      for k in ("test_ap25", "test_ap50", "test_ar25"))
+              + f"{val:>18}  " + " / ".join(f"{r['test_ap25']:.3f}" for r in runs))
     print(f"runs under {out}")
 
 

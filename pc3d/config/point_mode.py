@@ -72,8 +72,15 @@ class SceneDataConfig(DataConfig):
     """Scenes: the embedded synthetic rooms, or ScanNet (3DETR or Pointcept layout) / SUN RGB-D folders."""
 
     num_points: int = Field(50_000, ge=16, description="points sampled per scene")
-    synthetic_count: int = Field(64, ge=1, description="training scenes generated when source=synthetic")
-    synthetic_val_count: int = Field(16, ge=1, description="validation scenes generated when source=synthetic")
+    # le=100_000: the synthetic splits start 100_000 generator indices apart (train 0, val 100_000, test
+    # 200_000; scene_detection / scene_semseg), so a larger count would let two splits share scenes
+    synthetic_count: int = Field(64, ge=1, le=100_000, description="training scenes generated when "
+                                 "source=synthetic")
+    synthetic_val_count: int = Field(16, ge=1, le=100_000, description="validation scenes generated when "
+                                     "source=synthetic (they select the best checkpoint)")
+    synthetic_test_count: int = Field(16, ge=0, le=100_000, description="finetuning, source=synthetic: test "
+                                      "scenes of their own, scored once with the checkpoint val selected (0: none). "
+                                      "Folders keep their official protocol: ScanNet / S3DIS report val")
     synthetic_points: int = Field(50_000, ge=16, description="points each synthetic scene is sampled with")
     dataset: SceneDataset = Field("scannet_detection", description="reader used when source=folder")
     extra: list[SceneSourceConfig] = Field(default_factory=list,

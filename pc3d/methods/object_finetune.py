@@ -142,11 +142,16 @@ def build_classification(config: Any, rank: int) -> Any:
     from pc3d.data.readers.objects import classification_sets, classification_train_val
     from pc3d.engine.trainer import TrainingSetup
 
-    if getattr(config, "method", "") == "object-fewshot":  # the few-shot protocol reports its best test OA
+    if getattr(config, "method", "") == "object-fewshot" and config.data.folds:  # Point-BERT's fold files
+        from pc3d.data.readers.modelnet40_fewshot import released_fold_sets
+
+        train, test, num_classes = released_fold_sets(reader_data(config.data), config.way, config.shot,
+                                                      config.fold)
+    elif getattr(config, "method", "") == "object-fewshot":  # the few-shot protocol reports its best test OA
         train, test, num_classes = classification_sets(reader_data(config.data), config.run.seed)
+        train, test, num_classes = _fewshot_fold(config, train, test, num_classes)
     else:  # with a val split the test split is not built here: selection (val/oa) never sees it
         train, test, num_classes = classification_train_val(reader_data(config.data), config.run.seed)
-    train, test, num_classes = _fewshot_fold(config, train, test, num_classes)
     torch.manual_seed(config.run.seed)
     method = ObjectClassification(config, num_classes)
     if config.weights:
@@ -282,29 +287,66 @@ def _fewshot_fold(config: Any, train: Dataset, test: Dataset, num_classes: int) 
     return Subset(train, train_idx, relabel), Subset(test, test_idx, relabel), config.way
 
 
+FOLD_FILE = "fold.json"  # in each fold's run folder: the fold's classes, for `pc3d predict`
+
+
 def run_fewshot(request: Any) -> dict[str, Any]:
-    """`folds` independent finetunings; reports each fold's best test OA and their mean +- std."""
+    """`folds` independent finetunings; reports each fold's best test OA and their mean +- std.
+
+    One run folder `<out>/<name>/<time>/` holds the few-shot config, its summary.json and one run per fold
+    (`fold<k>/<time>/`, each with its checkpoints and a fold.json naming the fold's classes). A resume
+    continues that run folder: every fold from its own latest checkpoint, folds not started yet from scratch."""
     from dataclasses import replace
 
+    from pc3d.data.readers.objects import classification_sets, dataset_labels
     from pc3d.engine.trainer import fit
+    from pc3d.runs import RunDir
 
     config = request.config
+    name = config.run.name or Path(request.preset_name).stem
+    resuming = bool(request.resume or request.resume_auto or request.resume_run)
+    parent = RunDir(Path(request.resume_run)) if request.resume_run else \
+        RunDir.latest(config.run.out, name) if resuming else None
+    if parent is None:
+        if request.resume:
+            raise InputError(f"--resume: no earlier run named '{name}' under {config.run.out}/")
+        parent = RunDir.create(config.run.out, name, checkpoints=False)
+        parent.save_config(config.model_dump(mode="json"))
+    else:
+        parent.mark_latest()
+        if request.resume_changes:  # accepted with --allow-change: the run's config says what runs now
+            parent.save_config_only(config.model_dump(mode="json"))
+    released = bool(config.data.folds)  # Point-BERT's fold files: their classes are 0..way-1, unnamed
+    if not released:
+        train_set, test_set, _ = classification_sets(reader_data(config.data), config.run.seed)
+        train_labels, test_labels = dataset_labels(train_set), dataset_labels(test_set)
     accuracies, runs = [], []
     for fold in range(config.folds):
-        run = config.run.model_copy(update={"name": f"{config.run.name or 'fewshot'}-fold{fold}"})
+        run = config.run.model_copy(update={"out": str(parent.path), "name": f"fold{fold}"})
         fold_config = config.model_copy(update={"fold": fold, "run": run})
-        result = fit(replace(request, config=fold_config), build_classification)
+        # each fold continues its own latest checkpoint (or starts): the few-shot run's request says nothing
+        # about a fold's checkpoint
+        fold_request = replace(request, config=fold_config, preset_name=f"fold{fold}", resume=False,
+                               resume_auto=resuming, resume_checkpoint=None, resume_run=None)
+        result = fit(fold_request, build_classification)
+        if released:
+            relabel, names = {c: c for c in range(config.way)}, [f"fold_class_{c}" for c in range(config.way)]
+        else:
+            _, _, relabel = fewshot_indices(train_labels, test_labels, config.way, config.shot, config.query,
+                                            config.run.seed, fold)
+            names = getattr(train_set, "classes", None)
+        classes = [str(names[c]) if names else f"class_{c}" for c in sorted(relabel, key=relabel.__getitem__)]
+        write_text_atomic(Path(result["run_dir"]) / FOLD_FILE,
+                          json.dumps({"fold": fold, "way": config.way, "shot": config.shot, "classes": classes,
+                                      "dataset_class_indices": sorted(relabel, key=relabel.__getitem__)},
+                                     indent=1, default=int))
         # the best test OA over epochs, as the few-shot protocol of Point-BERT / Point-MAE reports
         best = result["best"]["value"] if result.get("best") else result["metrics"]["val/oa"]
         accuracies.append(float(best))
         runs.append(str(result.get("run_dir", "")))
     acc = np.array(accuracies) * 100
-    summary = {"way": config.way, "shot": config.shot, "folds": config.folds,
-               "oa_mean": float(acc.mean()), "oa_std": float(acc.std()), "fold_oa": acc.tolist(),
-               "fold_runs": runs}
-    out = Path(config.run.out) / (config.run.name or "fewshot") / "fewshot.json"
-    write_text_atomic(out, json.dumps(summary, indent=2))
-    return {**summary, "summary_file": str(out)}
+    return {"run_dir": str(parent.path), "way": config.way, "shot": config.shot, "folds": config.folds,
+            "oa_mean": float(acc.mean()), "oa_std": float(acc.std()), "fold_oa": acc.tolist(), "fold_runs": runs}
 
 
 # ------------------------------------------------------------------------------ part segmentation
@@ -356,17 +398,18 @@ class ObjectPartSegmentation(Method):
 
 
 def build_partseg(config: Any, rank: int) -> Any:
-    from pc3d.data.readers.objects import partseg_sets
+    from pc3d.data.readers.objects import partseg_sets, partseg_val_set
     from pc3d.engine.trainer import TrainingSetup
 
     train, test = partseg_sets(config.data, config.run.seed)
+    val = partseg_val_set(config.data, config.run.seed)  # with a val split, selection never reads test
     torch.manual_seed(config.run.seed)
     method = ObjectPartSegmentation(config)
     if config.weights:
         from pc3d.engine.checkpoint import load_weights
 
         method.load_pretrained(load_weights(config.weights), config.weights)
-    return TrainingSetup(method=method, train_set=train, val_set=test)
+    return TrainingSetup(method=method, train_set=train, val_set=test if val is None else val)
 
 
 @torch.no_grad()
@@ -385,18 +428,31 @@ def evaluate_partseg(method: ObjectPartSegmentation, test: Dataset, batch_size: 
 
 
 def run_partseg(request: Any) -> dict[str, Any]:
-    """Finetune, then score the best checkpoint on the test split (per-category mIoU in test_metrics.json)."""
-    from pc3d.data.readers.objects import partseg_sets
+    """Finetune, then score the best checkpoint on the test split (per-category mIoU in test_metrics.json).
+
+    With `data.synthetic_val_count` > 0 (synthetic objects) the best checkpoint is chosen on a val split of its
+    own and also scored there (`val_miou_*`); otherwise (ShapeNetPart) val is the test split, as in Point-MAE,
+    and `selection.split` says "test"."""
+    from pc3d.data.readers.objects import partseg_sets, partseg_val_set
     from pc3d.engine.trainer import fit
 
     config = request.config
     result = fit(request, build_partseg)
     method = _trained_method(config, result, build_partseg).to(resolve_device(config.run.device))
     _, test = partseg_sets(config.data, config.run.seed)
+    val = partseg_val_set(config.data, config.run.seed)
     scores = evaluate_partseg(method, test, config.train.batch_size)
+    val_scores = evaluate_partseg(method, val, config.train.batch_size) if val is not None else scores
+    best = result.get("best") or {}
+    selection = {"metric": best.get("metric"), "split": "val" if val is not None else "test",
+                 "checkpoint": "best" if result.get("checkpoints", {}).get("best") else "last",
+                 "epoch": best.get("epoch"), "val_samples": len(val if val is not None else test),  # type: ignore[arg-type]
+                 "test_samples": len(test)}  # type: ignore[arg-type]
     if result.get("run_dir"):
         write_text_atomic(Path(result["run_dir"]) / "test_metrics.json", json.dumps(scores, indent=2))
-    return {**result, "test_miou_instance": scores["miou_instance"], "test_miou_category": scores["miou_category"]}
+    return {**result, "selection": selection, "val_miou_instance": val_scores["miou_instance"],
+            "val_miou_category": val_scores["miou_category"], "test_miou_instance": scores["miou_instance"],
+            "test_miou_category": scores["miou_category"]}
 
 
 # ----------------------------------------------------------------------------------- linear-SVM probe

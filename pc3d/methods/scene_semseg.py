@@ -132,7 +132,24 @@ class SceneSemseg(Method):
         return self.load_matching(scene, source, "expected a Point-MoDE checkpoint")
 
 
+# Synthetic generator indices per split (room i of a split is scene_rng(seed, offset + i)): train 0.., val
+# 100_000.., test 200_000.. -- 100_000 apart, so no count a preset asks for makes two splits share a room
+SYNTHETIC_VAL_OFFSET = 100_000
+SYNTHETIC_TEST_OFFSET = 200_000
+
+
+def synthetic_test_rooms(config: Any) -> RoomPoints | None:
+    """The held-out synthetic test rooms (never seen by training or selection), or None for S3DIS, whose
+    Area-5 protocol reports the held-out area that also validates (as the papers do; S3DIS has no other split)."""
+    data = config.data
+    if data.source != "synthetic" or data.synthetic_test_count == 0:
+        return None
+    rooms = SyntheticRooms(data.synthetic_test_count, config.run.seed, data.synthetic_points, SYNTHETIC_TEST_OFFSET)
+    return RoomPoints(rooms, data.num_points, False)
+
+
 def build(config: Any, rank: int) -> Any:
+    """Train and val rooms only: the test rooms are built after training (`run`), so selection cannot read them."""
     from pc3d.data.readers.s3dis import S3DIS_CLASSES
     from pc3d.engine.trainer import TrainingSetup
 
@@ -140,7 +157,7 @@ def build(config: Any, rank: int) -> Any:
     data = config.data
     if data.source == "synthetic":
         train = SyntheticRooms(data.synthetic_count, config.run.seed, data.synthetic_points)
-        val = SyntheticRooms(data.synthetic_val_count, config.run.seed, data.synthetic_points, 100_000)
+        val = SyntheticRooms(data.synthetic_val_count, config.run.seed, data.synthetic_points, SYNTHETIC_VAL_OFFSET)
     else:
         from pc3d.data.readers.s3dis import S3DISPointcept
 
@@ -156,6 +173,14 @@ def build(config: Any, rank: int) -> Any:
 
 
 def run(request: Any) -> dict:
+    """Train (checkpoint chosen by val mIoU), then score the chosen checkpoint once on val and once on the
+    synthetic test rooms (`val`, `test`, `selection` in the result)."""
+    from pc3d.engine.selection import score_selected
     from pc3d.engine.trainer import fit
 
-    return fit(request, build)
+    result = fit(request, build)
+    config = request.config
+    setup = build(config, 0)
+    test = synthetic_test_rooms(config)
+    return score_selected(config, result, setup.method, setup.val_set, test,
+                          reported="test" if test is not None else "val")

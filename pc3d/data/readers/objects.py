@@ -194,3 +194,13 @@ def partseg_sets(data: Any, seed: int) -> tuple[Dataset, Dataset]:
     train = torch.utils.data.ConcatDataset([ShapeNetPart(data.root, "train", data.num_points),
                                             ShapeNetPart(data.root, "val", data.num_points)])
     return train, ShapeNetPart(data.root, "test", data.num_points)
+
+
+def partseg_val_set(data: Any, seed: int) -> Dataset | None:
+    """Synthetic part-segmentation objects of their own that pick the best checkpoint (SYNTHETIC_VAL_OFFSET..,
+    disjoint from train and test) when `synthetic_val_count` > 0; None otherwise (ShapeNetPart keeps
+    Point-MAE's protocol: train on trainval, validate and report on test)."""
+    if not has_val_split(data):
+        return None
+    return SyntheticObjects(data.synthetic_val_count, seed, data.num_points, synthetic_partseg_categories(),
+                            index_offset=SYNTHETIC_VAL_OFFSET, with_parts=True)
