@@ -159,7 +159,7 @@ def test_global_views_share_one_colour_draw_local_views_draw_their_own() -> None
     item = SceneViews([scene], config.data, 0.02)[0]
 
     def colour_by_origin(view: dict) -> dict[tuple, np.ndarray]:
-        rgb = (view["feat"][:, 3:6].double().numpy() + 1.0) * 127.5
+        rgb = view["feat"][:, 3:6].double().numpy() * 255.0  # pretraining's default rule: colour / 255
         return {tuple(o): c for o, c in zip(view["origin"].tolist(), rgb, strict=True)}
 
     def shift(view: dict) -> np.ndarray:

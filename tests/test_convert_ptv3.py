@@ -268,5 +268,5 @@ def test_quickstart_probe_preset_takes_an_official_file(tmp_path) -> None:
     torch.save({"config": {"enc_channels": model.channels}, "state_dict": state}, path)
     probe = SceneProbe(config, SceneLabels(4, (2, 3), (0, 1)))
     report = probe.load_pretrained(load_weights(str(path)), str(path))
-    assert report["offset_init"] == "random (checkpoint has no offset head)"
+    assert report["offset_init"] == "probe (fresh head on the probe features)"  # Sonata's protocol, the default
     assert_loaded(probe.encoder, state, target)

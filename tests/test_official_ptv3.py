@@ -281,11 +281,11 @@ def test_pc3d_runs_keep_the_rules_they_were_trained_with(tmp_path: Path) -> None
     data = {k: v for k, v in load_preset("sonata-quickstart").items() if k not in ("extends", "description")}
     pretrain = SonataPreset.model_validate(data)
     m = pretrain.model
-    assert (m.color_norm, m.center_precision, m.pooled_depth) == ("signed", "float64", "own")
-    with pytest.raises(ValueError, match="model.color_norm"):  # pretraining builds only the inputs it records
-        SonataPreset.model_validate({**data, "model": {**data["model"], "color_norm": "unit"}})
+    assert (m.color_norm, m.center_precision, m.pooled_depth) == ("unit", "float32", "own")  # Sonata's rule
+    with pytest.raises(ValueError, match="model.feat_keys"):  # pretraining builds only the inputs it records
+        SonataPreset.model_validate({**data, "model": {**data["model"], "in_channels": 6}})
     probe = probe_config("probe-scannet")
-    for name, saved, expected in (("new", pretrain.model_dump(mode="json"), ("signed", "float64", "own")),
+    for name, saved, expected in (("new", pretrain.model_dump(mode="json"), ("unit", "float32", "own")),
                                   ("old", {"model": {"depths": [1, 1, 1]}}, ("signed", "float64", "parent"))):
         sidecar = save_checkpoint(tmp_path / name, {"model/x": torch.zeros(1)}, {"config": saved})
         resolved = resolve_input_rules(probe.model_copy(update={"weights": str(sidecar)})).model

@@ -16,8 +16,9 @@ import pytest
 import torch
 from recipes import check_recipe, shipped
 
-INDOOR = ("pointins", "pointins-large", "pointins-s3dis")
-PRETRAIN = (*INDOOR, "pointins-outdoor", "sonata", "sonata-large")
+INDOOR = ("pointins", "pointins-large", "pointins-s3dis", "pointins-scannet200")
+OUTDOOR = ("pointins-outdoor", "sonata-outdoor")
+PRETRAIN = (*INDOOR, *OUTDOOR, "sonata", "sonata-large")
 
 # (preset, key, value, reference) for values every pretraining preset of a group shares
 SHARED: list[tuple[tuple[str, ...], str, Any, str]] = [
@@ -96,6 +97,25 @@ RECIPES: list[tuple[str, str, Any, str]] = [
     ("pointins-outdoor", "offset.knn", 20, "Table 9 outdoor: k_nn 20"),
     ("pointins-outdoor", "offset.radius", 1.0, "Table 9 outdoor: tau_d 1 m"),
     ("pointins-outdoor", "offset.min_points", 10, "Table 9 outdoor: tau_min 10"),
+    ("pointins-scannet200", "loss.zipf_alpha", 1.3, "Table 9: alpha_zipf 1.3 (ScanNet200)"),
+    ("pointins-scannet200", "train.epochs", 800, "Table 9: 800 epochs (ScanNet200)"),
+    ("probe-scannet200", "data.dataset", "scannet200", "section 4: ScanNet200 instance segmentation"),
+    # outdoor pretraining: both LiDAR datasets of the paper's evaluation (section 4: nuScenes / SemanticKITTI
+    # panoptic), at the LiDAR grid of Pointcept's configs and of probe-semantickitti
+    (OUTDOOR[0], "data.dataset", "semantickitti", "section 4 / issue 19: outdoor = SemanticKITTI + nuScenes"),
+    (OUTDOOR[0], "data.also", [{"dataset": "nuscenes", "root": "data/nuscenes"}], "section 4: nuScenes"),
+    (OUTDOOR[0], "model.grid_size", 0.05, "Pointcept / Sonata LiDAR configs: grid 0.05 (= probe-semantickitti)"),
+    ("probe-semantickitti", "model.grid_size", 0.05, "the grid of outdoor pretraining (pointins-outdoor)"),
+    ("sonata-outdoor", "data.dataset", "semantickitti", "same data as pointins-outdoor"),
+    ("sonata-outdoor", "data.also", [{"dataset": "nuscenes", "root": "data/nuscenes"}], "same data as "
+     "pointins-outdoor"),
+    ("sonata-outdoor", "model.grid_size", 0.05, "same grid as pointins-outdoor"),
+    ("sonata-outdoor", "optim.lr", 2e-3, "Table 9 outdoor: learning rate 2e-3"),
+    ("sonata-outdoor", "train.epochs", 50, "Table 9 outdoor: 50 epochs"),
+    ("sonata-outdoor", "loss.zipf_alpha", 1.3, "Table 9 outdoor: alpha_zipf 1.3"),
+    ("sonata-outdoor", "loss.mask_size", [0.1, 1.0], "Table 9 outdoor: mask size 1 m"),
+    ("sonata", "model.color_norm", "unit", "Sonata sonata/transform.py NormalizeColor: colour / 255"),
+    ("sonata", "model.center_precision", "float32", "Sonata CenterShift on float32 arrays"),
     ("sonata", "method", "sonata", "Sonata"),
     ("sonata", "train.epochs", 800, "Table 9: 800 epochs (ScanNet)"),
     ("sonata", "loss.zipf_alpha", 0.1, "Table 9: alpha_zipf 0.1 (ScanNet)"),
@@ -110,6 +130,28 @@ RECIPES: list[tuple[str, str, Any, str]] = [
     ("probe-s3dis", "optim.warmup_ratio", 0.05, "Pointcept Sonata probes: pct_start 0.05"),
     ("probe-semantickitti", "optim.warmup_ratio", 0.05, "Pointcept Sonata probes: pct_start 0.05 (was 40 of 50 "
      "epochs)"),
+    # the probing protocol (PointINS section 4: "the backbone is frozen and only a head is trained"; Sonata's)
+    ("probe-scannet", "probe.mode", "linear", "Pointcept insseg-sonata-v1m1-0a-scannet-pg-lin: freeze_backbone, "
+     "enc_mode (all levels concatenated)"),
+    ("probe-scannet", "probe.offset_init", "probe", "Pointcept PG-v1m2: a fresh bias_head on the backbone output"),
+    ("probe-scannet", "probe.encoder_source", "student", "Pointcept insseg-sonata-*: CheckpointLoader keywords "
+     "'module.student.backbone'"),
+    ("probe-scannet-sonata", "probe.offset_init", "probe", "Pointcept PG-v1m2: a fresh bias_head"),
+    ("probe-scannet-decoder", "probe.mode", "decoder", "Pointcept insseg-sonata-v1m1-0b-scannet-pg-dec: enc_mode "
+     "False, freeze_encoder True"),
+    ("probe-scannet-decoder", "probe.decoder_depths", [2, 2, 2, 2], "Pointcept insseg-sonata-v1m1-0b: dec_depths"),
+    ("probe-scannet-decoder", "probe.decoder_channels", [64, 96, 192, 384], "Pointcept insseg-sonata-v1m1-0b: "
+     "dec_channels"),
+    ("probe-scannet-decoder", "probe.decoder_heads", [4, 6, 12, 24], "Pointcept insseg-sonata-v1m1-0b: dec_num_head"),
+    ("probe-scannet-decoder", "probe.decoder_patch_size", 1024, "Pointcept insseg-sonata-v1m1-0b: dec_patch_size"),
+    ("probe-scannet-decoder", "probe.decoder_drop_path", 0.3, "Pointcept insseg-sonata-v1m1-0b: drop_path 0.3"),
+    ("probe-scannet-full", "probe.mode", "full", "Pointcept insseg-sonata-v1m1-0c-scannet-pg-ft: nothing frozen"),
+    ("probe-scannet-full", "backbone_lr_scale", 0.1, "Pointcept insseg-sonata-v1m1-0c: param_dicts block lr 0.1x"),
+    ("probe-scannet", "probe.cluster_radius", 0.03, "Pointcept insseg-sonata-v1m1-0a: cluster_thresh 1.5 voxels of "
+     "2 cm"),
+    ("probe-scannet", "probe.cluster_max_neighbors", 600, "Pointcept insseg-sonata-v1m1-0a: cluster_closed_points"),
+    ("probe-scannet", "probe.propose_min_points", 200, "Pointcept insseg-sonata-v1m1-0a: cluster_propose_points"),
+    ("probe-scannet", "probe.cluster_min_points", 50, "Pointcept insseg-sonata-v1m1-0a: cluster_min_points"),
 ]
 
 

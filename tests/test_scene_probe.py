@@ -8,7 +8,6 @@ import torch
 
 from pc3d.methods.scene_probe import (
     SceneLabels,
-    UnpoolDecoder,
     cluster_proposals,
     instance_centroid_offsets,
     lovasz_softmax,
@@ -63,14 +62,6 @@ def test_hungarian_matching_of_clusters() -> None:
     assert out["recall50"] == pytest.approx(0.5)
 
 
-def test_decoder_probe_returns_finest_resolution() -> None:
-    grid = torch.unique(torch.randint(0, 8, (200, 3)), dim=0)
-    point = Point(grid.float(), grid, torch.zeros(len(grid), dtype=torch.long), torch.randn(len(grid), 4))
-    coarse = GridPooling(4, 8)(point)
-    decoder = UnpoolDecoder((4, 8), 6)
-    assert decoder(coarse).shape == (len(grid), 6)
-
-
 def test_scores_for_perfect_predictions() -> None:
     labels = SceneLabels(num_classes=4, instance_classes=(2, 3), stuff_classes=(0, 1))
     segment = np.array([0] * 150 + [1] * 120 + [2] * 150 + [3] * 150)
@@ -106,7 +97,7 @@ def test_semantickitti_scans_become_scene_samples(tmp_path) -> None:
 TINY_MODEL = {"depths": [1, 1, 1], "channels": [4, 8, 16], "heads": [2, 2, 2], "patch_size": 16, "drop_path": 0.0}
 
 
-def _pointins_and_probe(offset_init: str, pretrain_levels: int = 1, probe_levels: int = 1):
+def _pointins_and_probe(offset_init: str, pretrain_levels: int = 1, probe_levels: int = 1, network: str = "student"):
     from pc3d.config.pointins import PointINSPreset, ScenePreset
     from pc3d.methods.pointins import PointINS
     from pc3d.methods.scene_probe import SceneProbe
@@ -119,18 +110,21 @@ def _pointins_and_probe(offset_init: str, pretrain_levels: int = 1, probe_levels
     for key in weights:  # teacher and student heads differ, so the test sees which one was loaded
         if ".offset_head." in key and key.endswith(("weight", "bias", "running_mean")):
             weights[key] = torch.randn_like(weights[key]) + (5.0 if key.startswith("teacher.") else -5.0)
-    config = ScenePreset.model_validate({"model": TINY_MODEL, "probe": {"offset_init": offset_init,
-                                                                         "up_cast_levels": probe_levels}})
+    config = ScenePreset.model_validate({"model": TINY_MODEL, "probe": {
+        "offset_init": offset_init, "up_cast_levels": probe_levels, "encoder_source": network}})
     return SceneProbe(config, SceneLabels(4, (2, 3), (0, 1))), weights
 
 
-def test_probe_offset_head_loads_the_teacher_head_of_the_checkpoint() -> None:
-    probe, weights = _pointins_and_probe("pretrained")
+@pytest.mark.parametrize("network", ["student", "teacher"])
+def test_probe_offset_head_loads_the_head_of_the_probed_network(network: str) -> None:
+    probe, weights = _pointins_and_probe("pretrained", network=network)
     assert probe.offset_init_note == "random (no checkpoint)"
     report = probe.load_pretrained(weights, "ckpt.safetensors")
-    assert report["offset_init"] == "pretrained (teacher.offset_head, up-cast level 1)"
+    assert report["offset_init"] == f"pretrained ({network}.offset_head, up-cast level 1)"
+    assert report["network"] == network
     own = probe.offset_head.state_dict()
-    teacher = {k[len("teacher.offset_head."):]: v for k, v in weights.items() if k.startswith("teacher.offset_head.")}
+    key = f"{network}.offset_head."
+    teacher = {k[len(key):]: v for k, v in weights.items() if k.startswith(key)}
     assert set(own) == set(teacher)
     for key, value in teacher.items():
         torch.testing.assert_close(own[key], value, rtol=0, atol=0)
@@ -181,3 +175,186 @@ def test_lifted_offsets_keep_each_cells_predicted_centre() -> None:
         cell = int(top.pooling_inverse[int(mid.pooling_inverse[i])])
         torch.testing.assert_close(coord[i] + lifted[i], base + offsets[cell])
     torch.testing.assert_close(lift_offsets(fine, offsets[:0], 0, coord[:0]), offsets[:0])
+
+
+# ----------------------------------------------------------------------------- the probing protocol (issue 19)
+
+
+def _probe(mode: str, **probe: object):
+    from pc3d.config.pointins import ScenePreset
+    from pc3d.methods.scene_probe import SceneProbe
+
+    torch.manual_seed(0)
+    extra = {"decoder_depths": [1, 1], "decoder_channels": [6, 10], "decoder_heads": [2, 2],
+             "decoder_patch_size": 16} if mode == "decoder" else {}
+    config = ScenePreset.model_validate({"model": TINY_MODEL, "probe": {"mode": mode, **extra, **probe}})
+    return SceneProbe(config, SceneLabels(20, (2, 3), (0, 1)))
+
+
+def _batch(scenes: int = 2):
+    from pc3d.data.readers.scannet import SyntheticScanNet
+    from pc3d.methods.scene_probe import ProbeScenes, collate_scenes
+
+    torch.manual_seed(0)
+    rooms = SyntheticScanNet(scenes, 0, 1500)
+    data = ProbeScenes(rooms, SceneLabels(20, (2, 3), (0, 1)), 0.1, train=True, augment=False)
+    return collate_scenes([data[i] for i in range(scenes)])
+
+
+@pytest.mark.parametrize("mode", ["linear", "decoder"])
+def test_frozen_encoder_gets_no_grad_and_does_not_change(mode: str) -> None:
+    """linear / decoder: a training step + AdamW step (weight decay on) leaves every encoder tensor as it was."""
+    from pc3d.engine.method import StepState
+
+    probe = _probe(mode, task="insseg")
+    probe.train()
+    before = {k: v.clone() for k, v in probe.encoder.state_dict().items()}
+    heads_before = probe.seg_head.weight.clone()
+    optimizer = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad], lr=0.1, weight_decay=0.05)
+    for _ in range(2):
+        terms = probe.training_step(_batch(), StepState(step=0, epoch=0, progress=0.0, total_steps=1, lr=0.1))
+        sum(terms.values()).backward()
+        assert all(p.grad is None for p in probe.encoder.parameters())
+        assert not any(p.requires_grad for p in probe.encoder.parameters())
+        optimizer.step()
+        optimizer.zero_grad()
+    for key, value in probe.encoder.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert not torch.equal(probe.seg_head.weight, heads_before)  # the heads did train
+    assert probe.offset_head.net[0].weight.grad is None  # zeroed; it had one (it is in the optimiser)
+    if mode == "decoder":
+        assert all(p.requires_grad for p in probe.decoder.parameters())
+
+
+def test_full_mode_trains_the_encoder() -> None:
+    from pc3d.engine.method import StepState
+
+    probe = _probe("full", task="semseg")
+    probe.train()
+    terms = probe.training_step(_batch(), StepState(step=0, epoch=0, progress=0.0, total_steps=1, lr=0.1))
+    sum(terms.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in probe.encoder.parameters())
+
+
+def test_linear_heads_read_the_sum_of_all_level_widths() -> None:
+    probe = _probe("linear", task="insseg")
+    width = sum(TINY_MODEL["channels"])  # 4 + 8 + 16
+    assert probe.seg_head.in_features == width == 28
+    assert probe.offset_head.net[0].in_features == width  # offset_init probe (the default): a fresh head on them
+    feat, _ = probe.features(_batch())
+    assert feat.shape[1] == width
+
+
+def test_linear_features_are_each_levels_feature_of_the_containing_cell() -> None:
+    """Independent of the pooling's inverse: a level-s cell is grid // 2^s (grids start at 0 in each scene), so
+    the probe feature of a grid point is [f_0(p), f_1(cell_1(p)), f_2(cell_2(p))], finest first."""
+    probe = _probe("linear", task="semseg")
+    probe.eval()
+    batch = _batch()
+    feat, top = probe.features(batch)
+    levels = [top.parent.parent, top.parent, top]
+    assert torch.equal(levels[0].grid_coord, batch["grid"])  # level 0 = the input grid points, in input order
+    widths = TINY_MODEL["channels"]
+    starts = np.cumsum([0, *widths])
+    for s, level in enumerate(levels):
+        lookup = {(int(b), *map(int, g)): i for i, (b, g) in enumerate(zip(level.batch, level.grid_coord,
+                                                                             strict=True))}
+        rows = [lookup[(int(b), *map(int, g // 2**s))] for b, g in zip(batch["batch"], batch["grid"], strict=True)]
+        torch.testing.assert_close(feat[:, starts[s]:starts[s + 1]], level.feat[rows], rtol=0, atol=0)
+
+
+def test_decoder_probe_has_sonatas_ptv3_decoder() -> None:
+    """probe-scannet-decoder builds Pointcept's PT-v3m2 decoder: (2,2,2,2) blocks, (64,96,192,384) widths, heads
+    (4,6,12,24), each stage un-pooling from the stage below it (the last from the encoder's 512)."""
+    from recipes import shipped
+
+    from pc3d.methods.scene_probe import build_decoder, probe_feature_width
+
+    config = shipped("probe-scannet-decoder")
+    decoder = build_decoder(config)
+    assert [len(stage) for stage in decoder.stages] == [2, 2, 2, 2]
+    assert [stage[0].norm1.normalized_shape[0] for stage in decoder.stages] == [64, 96, 192, 384]
+    assert [stage[0].attn.heads for stage in decoder.stages] == [4, 6, 12, 24]
+    assert [(up.proj[0].in_features, up.proj_skip[0].in_features, up.proj[0].out_features) for up in decoder.up] == \
+        [(96, 32, 64), (192, 64, 96), (384, 128, 192), (512, 256, 384)]
+    assert probe_feature_width(config) == 64
+    rates = [b.drop_path.p for stage in decoder.stages for b in stage]
+    assert max(rates) == pytest.approx(0.3) and min(rates) == 0.0
+
+
+def test_decoder_output_is_at_the_finest_level_and_trains() -> None:
+    from pc3d.engine.method import StepState
+
+    probe = _probe("decoder", task="semseg")
+    probe.train()
+    batch = _batch()
+    feat, _ = probe.features(batch)
+    assert feat.shape == (batch["coord"].shape[0], 6) and probe.seg_head.in_features == 6
+    terms = probe.training_step(batch, StepState(step=0, epoch=0, progress=0.0, total_steps=1, lr=0.1))
+    sum(terms.values()).backward()
+    for name, param in probe.decoder.named_parameters():
+        assert param.grad is not None, name
+
+
+def test_decoder_stage_count_must_fit_the_encoder() -> None:
+    from pc3d.errors import InputError
+
+    with pytest.raises(InputError, match="decoder_depths"):
+        _probe("decoder", decoder_depths=[1, 1, 1], decoder_channels=[6, 10, 12], decoder_heads=[2, 2, 2])
+
+
+def test_no_shipped_preset_warm_starts_the_pretrained_offset_head() -> None:
+    from recipes import shipped
+
+    from pc3d.config.loading import load_preset
+
+    probes = []
+    for path in sorted((__import__("pathlib").Path(__file__).parents[1] / "presets").glob("*.yaml")):
+        if load_preset(path.stem).get("method") != "scene-probe":
+            continue
+        probes.append(path.stem)
+        assert shipped(path.stem).probe.offset_init != "pretrained", path.stem
+    assert "probe-scannet-quickstart" in probes and len(probes) >= 10
+
+
+def test_encoder_source_picks_student_or_teacher() -> None:
+    from pc3d.methods.scene_probe import load_encoder
+
+    probe = _probe("linear")
+    own = probe.state_dict()
+    weights = {}
+    for key, value in own.items():
+        if key.startswith("encoder."):
+            weights["student." + key] = torch.full_like(value, 1.0)
+            weights["teacher." + key] = torch.full_like(value, 2.0)
+    for network, fill in (("student", 1.0), ("teacher", 2.0)):
+        report = load_encoder(probe, weights, "ckpt", network=network)
+        assert report["network"] == network
+        assert all(float(v.float().mean()) == fill for k, v in probe.state_dict().items()
+                   if k.startswith("encoder.") and v.is_floating_point())
+
+
+def test_synthetic_test_split_is_disjoint_and_scored_after_training(tmp_path, cli) -> None:
+    """Train / val / test rooms are different scenes; the run picks its checkpoint on val and scores it on test."""
+    import json
+
+    from pc3d.data.readers.scannet import SyntheticScanNet
+    from pc3d.methods.scene_probe import TEST_INDEX_OFFSET
+    from pc3d.methods.sonata import load_scenes
+
+    config = _probe("linear").config.model_copy(update={"data": _probe("linear").config.data.model_copy(
+        update={"source": "synthetic", "synthetic_count": 3, "synthetic_val_count": 2, "num_points": 500})})
+    splits = {name: load_scenes(config.data, 0, name) for name in ("train", "val")}
+    splits["test"] = SyntheticScanNet(2, 0, 500, index_offset=TEST_INDEX_OFFSET)
+    coords = {name: [s["coord"].tobytes() for s in scenes] for name, scenes in splits.items()}
+    assert not set(coords["test"]) & (set(coords["train"]) | set(coords["val"]))
+    out = cli("finetune", "probe-scannet", "--preset", "quickstart", "--out", tmp_path, "--json",
+              "--set", "train.epochs=2", "--set", "train.eval_every=1", "--set", "train.best_metric=miou",
+              "--set", "data.synthetic_count=4", "--set", "data.synthetic_val_count=1",
+              "--set", "data.num_points=1000", "--set", "probe.task=semseg")
+    assert out.code == 0, out.err
+    result = json.loads(out.out)
+    assert result["selection"]["checkpoint"] == "best" and result["selection"]["metric"] == "val/miou"
+    assert result["selection"]["test_scenes"] == 1
+    assert {"test/miou", "test/oa"} <= set(result["test_metrics"])
+    assert 0.0 <= result["test_metrics"]["test/miou"] <= 1.0

@@ -41,10 +41,12 @@ class PTv3Config(StrictModel):
         "parent's - 1 (PTv3 v3m1); null = the family of model.stem (linear: own, sparse-conv: parent)")
     color_norm: Literal["unit", "signed"] | None = Field(
         None, description="colour feature: 'unit' = colour / 255 (Sonata, Pointcept >= 1.6), 'signed' = "
-        "colour / 127.5 - 1 (older Pointcept PTv3, pc3d's pretraining); null = the checkpoint's family")
+        "colour / 127.5 - 1 (older Pointcept PTv3, pc3d's pretraining before issue 19); null = the checkpoint's family "
+        "(pretraining: unit)")
     center_precision: Literal["float32", "float64"] | None = Field(
         None, description="arithmetic of CenterShift: float32 as the official transform (whose rounding moves some "
-        "points of mm-grid clouds into other cells), float64 = pc3d's pretraining; null = the checkpoint's family")
+        "points of mm-grid clouds into other cells), float64 = pc3d's pretraining before issue 19; null = the "
+        "checkpoint's family (pretraining: float32)")
     feat_keys: tuple[FeatKey, ...] | None = Field(
         None, description="input channels in order, 3 each; null = coord, color, normal for in_channels 9 "
         "(Sonata) and color, normal for 6 (PTv3 v3m1)")
@@ -71,9 +73,11 @@ class PTv3Config(StrictModel):
 
 
 class SceneDataConfig(DataConfig):
-    """Scene datasets: embedded synthetic rooms (ScanNet-like), or a ScanNet / S3DIS folder (Pointcept npy)."""
+    """Scene datasets: embedded synthetic rooms (ScanNet-like), a ScanNet / ScanNet200 / S3DIS folder (Pointcept
+    npy), SemanticKITTI, or nuScenes-lidarseg (its own files, pc3d.data.readers.nuscenes)."""
 
-    dataset: Literal["scannet", "s3dis", "semantickitti"] = "scannet"
+    dataset: Literal["scannet", "scannet200", "s3dis", "semantickitti", "nuscenes"] = Field(
+        "scannet", description="scannet200: the ScanNet folder's segment200 labels (200 classes, Pointcept layout)")
     num_points: int = Field(8000, ge=64, description="points per synthetic scene")
     synthetic_count: int = Field(16, ge=2, description="synthetic training scenes")
     synthetic_val_count: int = Field(4, ge=1, description="synthetic validation scenes")
@@ -86,7 +90,12 @@ class SceneDataConfig(DataConfig):
     train_sequences: tuple[str, ...] = Field(("00", "01", "02", "03", "04", "05", "06", "07", "09", "10"),
                                              description="semantickitti: training sequences")
     val_sequences: tuple[str, ...] = Field(("08",), description="semantickitti: validation sequences")
-    max_frames: int | None = Field(None, ge=1, description="semantickitti: frames read per split (null = all)")
+    max_frames: int | None = Field(None, ge=1, description="semantickitti / nuscenes: frames read per split "
+                                   "(null = all)")
+    nuscenes_version: str = Field("v1.0-trainval", description="nuscenes: the tables' folder (v1.0-mini: splits "
+                                  "mini_train / mini_val are used)")
+    nuscenes_sweeps: int = Field(0, ge=0, le=30, description="nuscenes: preceding LIDAR_TOP sweeps merged into each "
+                                 "key frame (0 = key frame only, as Pointcept's NuScenesDataset)")
 
 
 class ViewAugmentConfig(StrictModel):
@@ -125,10 +134,19 @@ class ViewAugmentConfig(StrictModel):
         return self
 
 
+class SceneSource(StrictModel):
+    """One more dataset whose training scenes join pretraining (outdoor: SemanticKITTI + nuScenes)."""
+
+    dataset: Literal["scannet", "scannet200", "s3dis", "semantickitti", "nuscenes"]
+    root: str
+
+
 class ScenePretrainDataConfig(SceneDataConfig):
     """Scene data of the SSL presets: the scenes plus how each view is augmented."""
 
     augment: ViewAugmentConfig = Field(default_factory=ViewAugmentConfig)
+    also: tuple[SceneSource, ...] = Field((), description="further folder datasets pretrained on together with "
+                                          "data.dataset (their own readers, this section's other settings)")
 
 
 class HeadConfig(StrictModel):
@@ -157,9 +175,10 @@ class SonataLossConfig(StrictModel):
                                   "balanced over those points); false = Sonata, every matched point")
 
 
-# the inputs pc3d's scene pretraining builds (pc3d.methods.sonata make_view / scene_features): its runs record
-# these rules so that a probe of them feeds what they were trained on
-PRETRAIN_INPUT_RULES: dict[str, object] = {"color_norm": "signed", "center_precision": "float64",
+# the inputs pc3d's scene pretraining builds by default (pc3d.methods.sonata make_view / view_rules): Sonata's
+# rule, colour / 255 and float32 CenterShift. Its runs record the rules in their config so that a probe of them
+# feeds what they were trained on; "signed" / "float64" (pc3d's rule before issue 19) can still be chosen.
+PRETRAIN_INPUT_RULES: dict[str, object] = {"color_norm": "unit", "center_precision": "float32",
                                            "feat_keys": ("coord", "color", "normal")}
 
 
@@ -195,8 +214,10 @@ class ScenePretrainPreset(PresetBase):
 
     @model_validator(mode="after")
     def _built_input_rules(self) -> ScenePretrainPreset:
-        # pretraining builds one set of inputs and the stem family's pooling rule; another value would be ignored
-        wanted = {**PRETRAIN_INPUT_RULES, "pooled_depth": "own" if self.model.stem == "linear" else "parent"}
+        # pretraining builds either colour scale and either centring (the views follow the recorded rule), but
+        # only its 9 input channels and the stem family's pooling rule; another value would be ignored
+        wanted = {"feat_keys": PRETRAIN_INPUT_RULES["feat_keys"],
+                  "pooled_depth": "own" if self.model.stem == "linear" else "parent"}
         for key, value in wanted.items():
             if getattr(self.model, key) != value:
                 shown = list(value) if isinstance(value, tuple) else value
@@ -227,7 +248,9 @@ class OffsetConfig(StrictModel):
     prior: Literal["gamma", "lognormal", "fitted"] = "gamma"
     gamma: tuple[float, float] = Field((0.24, 2.53), description="magnitude prior Gamma(shape, scale)")
     lognormal: tuple[float, float] = Field((0.0, 0.76), description="magnitude prior LogNormal(mu, sigma)")
-    fit_radius: float = Field(0.05, gt=0, description="prior=fitted: radius of the label-free clustering")
+    # Table 5 fits the prior from HDBSCAN clusters; pc3d approximates them by radius components (no scikit-learn)
+    fit_radius: float = Field(0.05, gt=0, description="prior=fitted: radius of the label-free clustering (radius "
+                              "components, approximating Table 5's HDBSCAN)")
     fit_min_points: int = Field(30, ge=1, description="prior=fitted: smallest cluster kept")
     fit_scenes: int = Field(8, ge=1, description="prior=fitted: training scenes clustered for the fit")
     kmeans_k: int = Field(20, ge=1)
@@ -254,11 +277,25 @@ class PointINSPreset(ScenePretrainPreset):
 
 
 class ProbeConfig(StrictModel):
-    """What is trained on top of the pretrained encoder, and the PointGroup clustering of instances."""
+    """What is trained on top of the pretrained encoder, and the PointGroup clustering of instances.
+
+    The defaults are Sonata's probing protocol (Pointcept configs/sonata/insseg-sonata-v1m1-0{a,b,c}-scannet-pg-*):
+    the *student* encoder of a pretraining run, frozen in `linear` / `decoder` mode, and fresh heads on the probe
+    features at full (input-grid) resolution."""
 
     task: Literal["semseg", "insseg", "panoptic", "unsup-insseg"] = "insseg"
     mode: Literal["linear", "decoder", "full"] = "linear"
-    decoder_channels: int = Field(64, ge=4, description="mode=decoder: width of the trainable decoder")
+    # mode=decoder: the PTv3 decoder of Pointcept's insseg-sonata-v1m1-0b-scannet-pg-dec.py (PT-v3m2 dec_*), one
+    # entry per unpooling, finest first (so one fewer than the encoder's stages)
+    decoder_depths: tuple[int, ...] = Field((2, 2, 2, 2), description="mode=decoder: blocks per decoder stage")
+    decoder_channels: tuple[int, ...] = Field((64, 96, 192, 384), description="mode=decoder: decoder stage widths")
+    decoder_heads: tuple[int, ...] = Field((4, 6, 12, 24), description="mode=decoder: attention heads per stage")
+    decoder_patch_size: int = Field(1024, ge=2, description="mode=decoder: points per attention patch")
+    decoder_drop_path: float = Field(0.3, ge=0, lt=1, description="mode=decoder: stochastic depth, linear up to "
+                                     "this over the decoder's blocks (Sonata's drop_path 0.3)")
+    encoder_source: Literal["student", "teacher"] = Field(
+        "student", description="network probed in a pc3d pretraining run: the student (Sonata: CheckpointLoader "
+        "keywords 'module.student.backbone') or the EMA teacher; an official file holds one encoder")
     cluster_radius: float = Field(0.03, gt=0, description="BFS radius on shifted points (m); PG: 1.5 voxels")
     cluster_max_neighbors: int = Field(600, ge=1)
     cluster_min_points: int = Field(50, ge=1)
@@ -266,11 +303,24 @@ class ProbeConfig(StrictModel):
     min_region_size: int = Field(100, ge=1, description="AP protocol: smallest counted region")
     lovasz: bool = Field(True, description="add the Lovasz-softmax loss to cross-entropy")
     up_cast_levels: int = Field(2, ge=0, description="level of the pretrained offset head (= pretraining "
-                                "head.up_cast_levels): insseg/panoptic offset head, unsup-insseg")
-    offset_init: Literal["pretrained", "random", "probe"] = Field(
-        "pretrained", description="insseg/panoptic offset head: the checkpoint's PointINS head finetuned (random "
-        "if it has none), a random head of that shape, or 'probe' = a fresh head on the probe features (Sonata)")
+                                "head.up_cast_levels): offset_init pretrained / random, unsup-insseg")
+    offset_init: Literal["probe", "pretrained", "random"] = Field(
+        "probe", description="insseg/panoptic offset head: 'probe' = Sonata's protocol, a fresh head on the probe "
+        "features (the default, the same for every checkpoint); 'pretrained' = warm-start from the checkpoint's "
+        "PointINS offset head at its pretraining level (random if it has none: an explicit, non-paper option); "
+        "'random' = that head's shape and level, randomly initialised (the control of 'pretrained')")
     augment: bool = Field(True, description="training scenes: random z-rotation, flip, scale")
+
+    @model_validator(mode="after")
+    def _decoder(self) -> ProbeConfig:
+        sizes = (len(self.decoder_depths), len(self.decoder_channels), len(self.decoder_heads))
+        if len(set(sizes)) != 1 or not sizes[0]:
+            raise ValueError("probe.decoder_depths, decoder_channels and decoder_heads need one entry per "
+                             "decoder stage (the encoder's stages - 1)")
+        bad = [(c, h) for c, h in zip(self.decoder_channels, self.decoder_heads, strict=True) if c % h]
+        if bad:
+            raise ValueError(f"probe.decoder_channels {bad[0][0]} is not divisible by its heads {bad[0][1]}")
+        return self
 
 
 @register_schema

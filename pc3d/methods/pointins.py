@@ -27,10 +27,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from pc3d.engine.method import StepState
 from pc3d.errors import InputError
-from pc3d.methods.sonata import SceneViews, Sonata, collate_views, load_scenes
+from pc3d.methods.sonata import SceneViews, Sonata, collate_views, load_scenes, view_rules
 from pc3d.ops.clustering import connected_components, grouped_kmeans
 from pc3d.ops.pit import probability_integral_transform
 
@@ -135,10 +136,14 @@ def spatial_clustering_regularization(coord: Tensor, offsets: Tensor, features: 
     target = torch.zeros_like(centres)
     if n == 0:
         return target, torch.zeros(0, dtype=torch.bool, device=coord.device)
-    labels, _ = grouped_kmeans(F.normalize(features.detach().float(), dim=1), group, k, iters, seed)
+    with record_function("pointins/scr_kmeans"):
+        labels, _ = grouped_kmeans(F.normalize(features.detach().float(), dim=1), group, k, iters, seed)
     # one graph for every (group, k-means cluster): connected_components keeps groups apart, so the
-    # components are those of one graph per cluster, in a single kNN pass
-    component = connected_components(centres, radius, k=min(knn, n), min_size=min_points, group=group * k + labels)
+    # components are those of one graph per cluster, in a single radius-bounded kNN pass (k-d tree on CPU, cell
+    # list on CUDA: sub-quadratic, pc3d.ops.radius_graph)
+    with record_function("pointins/scr_graph"):
+        component = connected_components(centres, radius, k=min(knn, n), min_size=min_points,
+                                         group=group * k + labels)
     next_id = int(component.max()) + 1
     valid = component >= 0
     if next_id:
@@ -169,7 +174,8 @@ def offset_targets(coord: Tensor, offsets: Tensor, features: Tensor, view: Tenso
 
     if cfg.order == "odr-scr":
         if cfg.odr:
-            o = offset_distribution_regularization(o, *prior, group=view)
+            with record_function("pointins/odr"):
+                o = offset_distribution_regularization(o, *prior, group=view)
         if cfg.scr:
             o, ok = scr(o)
     else:
@@ -198,7 +204,11 @@ def to_original_frame(vectors: Tensor, view: Tensor, transforms: Tensor) -> Tens
 
 def fit_gamma_prior(scenes: Any, count: int, radius: float, min_points: int) -> tuple[float, float]:
     """A label-free magnitude prior: DBSCAN-like radius clustering of raw points, Gamma fit (loc 0) of the
-    distances from each clustered point to its cluster's centroid."""
+    distances from each clustered point to its cluster's centroid.
+
+    Table 5 fits the prior from HDBSCAN clusters of raw points. HDBSCAN (scikit-learn) is not a dependency here,
+    so radius components (single linkage cut at `radius`, clusters of >= `min_points`) approximate it: the same
+    family (density-based, label-free) at one fixed density level instead of HDBSCAN's most stable levels."""
     from scipy import stats
 
     distances = []
@@ -237,18 +247,22 @@ class PointINS(Sonata):
         return cfg.weight if progress >= cfg.warmup else 0.0
 
     def training_step(self, batch: dict[str, Tensor], state: StepState) -> dict[str, Tensor]:
-        terms, ctx = self.ssl_step(batch, state)
+        # the record_function scopes name the parts of the offset branch for torch.profiler (bench/pointins.py)
+        with record_function("pointins/ssl"):
+            terms, ctx = self.ssl_step(batch, state)
         cfg = self.config.offset
         teacher, student = ctx.teacher, ctx.student_global
         g_transform = batch["global_transform"]
-        with torch.no_grad():
-            t_offsets = to_original_frame(self.teacher.offset_head(teacher.feat), teacher.batch, g_transform)
-        s_global = to_original_frame(self.student.offset_head(student.feat), student.batch, g_transform)
+        with record_function("pointins/offset_heads"):
+            with torch.no_grad():
+                t_offsets = to_original_frame(self.teacher.offset_head(teacher.feat), teacher.batch, g_transform)
+            s_global = to_original_frame(self.student.offset_head(student.feat), student.batch, g_transform)
         # Table 8's student-side ODR moves ODR out of the (teacher-sourced) targets into a KL term on the student
         student_odr = cfg.odr and cfg.odr_source == "student"
         target_cfg = cfg.model_copy(update={"odr": False}) if student_odr else cfg
-        target, valid = offset_targets(teacher.extras["origin"], t_offsets, teacher.feat, teacher.batch, target_cfg,
-                                       self.prior, seed=state.step)
+        with record_function("pointins/targets"):
+            target, valid = offset_targets(teacher.extras["origin"], t_offsets, teacher.feat, teacher.batch,
+                                           target_cfg, self.prior, seed=state.step)
         centre = teacher.extras["origin"].float() + target  # the point's instance centre, original frame
         # the masked global view's head-level points that contain no masked input point (what the student saw)
         seen = (student.extras["masked"] == 0 if cfg.observable_only
@@ -259,28 +273,30 @@ class PointINS(Sonata):
             names.append("roll_mask")
             if ctx.student_local is not None and "unmask" in ctx.pairs:
                 local = ctx.student_local
-                offsets["local"] = (to_original_frame(self.student.offset_head(local.feat), local.batch,
-                                                      batch["local_transform"]), local)
+                with record_function("pointins/offset_heads"):
+                    offsets["local"] = (to_original_frame(self.student.offset_head(local.feat), local.batch,
+                                                          batch["local_transform"]), local)
                 names.append("unmask")
-        preds, goals = [], []
-        for name in names:
-            if name not in ctx.pairs:
-                continue
-            s_idx, t_idx, kind = ctx.pairs[name]
-            keep = valid[t_idx]
-            if kind == "global":  # local views are never masked
-                keep = keep & seen[s_idx]
-            s_idx, t_idx = s_idx[keep], t_idx[keep]
-            pred, point = offsets[kind]
-            preds.append(pred[s_idx])
-            # across views the student point x_s is not the teacher point: regress the offset to its centre
-            goals.append(centre[t_idx] - point.extras["origin"][s_idx].float())
-        raw = offset_loss(torch.cat(preds), torch.cat(goals))
-        loss = raw
-        if student_odr:
-            kl = student_odr_kl(s_global[seen], student.batch[seen], *self.prior, bins=cfg.kl_bins)
-            loss = raw + cfg.kl_weight * kl
-            terms["metric/offset_kl"] = kl.detach()
+        with record_function("pointins/offset_loss"):
+            preds, goals = [], []
+            for name in names:
+                if name not in ctx.pairs:
+                    continue
+                s_idx, t_idx, kind = ctx.pairs[name]
+                keep = valid[t_idx]
+                if kind == "global":  # local views are never masked
+                    keep = keep & seen[s_idx]
+                s_idx, t_idx = s_idx[keep], t_idx[keep]
+                pred, point = offsets[kind]
+                preds.append(pred[s_idx])
+                # across views the student point x_s is not the teacher point: regress the offset to its centre
+                goals.append(centre[t_idx] - point.extras["origin"][s_idx].float())
+            raw = offset_loss(torch.cat(preds), torch.cat(goals))
+            loss = raw
+            if student_odr:
+                kl = student_odr_kl(s_global[seen], student.batch[seen], *self.prior, bins=cfg.kl_bins)
+                loss = raw + cfg.kl_weight * kl
+                terms["metric/offset_kl"] = kl.detach()
         weight = self.offset_weight(state.progress)
         terms["offset"] = weight * loss
         terms["metric/offset_raw"] = raw.detach()
@@ -298,7 +314,7 @@ def build(config: Any, rank: int) -> Any:
     if config.offset.prior == "fitted":
         o = config.offset
         fitted = fit_gamma_prior(scenes, o.fit_scenes, o.fit_radius, o.fit_min_points)
-    train_set = SceneViews(scenes, config.data, config.model.grid_size)
+    train_set = SceneViews(scenes, config.data, config.model.grid_size, rules=view_rules(config.model))
     return TrainingSetup(method=PointINS(config, fitted), train_set=train_set, collate_fn=collate_views)
 
 

@@ -1,21 +1,34 @@
 """Scene probing of a pretrained PTv3 encoder (Sonata / PointINS protocols) and label-free instance segmentation.
 
-Modes: `linear` (frozen encoder, all-level up-cast features -> linear heads), `decoder` (frozen encoder, a
-trainable unpooling decoder), `full` (everything trains; encoder at `backbone_lr_scale`). Tasks:
+Modes (Sonata's protocol, Pointcept configs/sonata/insseg-sonata-v1m1-0{a,b,c}-scannet-pg-{lin,dec,ft}.py):
+- `linear`: the encoder is frozen (no gradient, eval mode) and fresh heads read the concatenation of every
+  encoder level carried back to the finest level, i.e. the grid-sampled input points: [level 0, level 1, ...,
+  level L-1] in that order, a point taking the features of the cell that contains it at each level (Pointcept
+  PG-v1m2's `pooling_parent` loop with the backbone in enc_mode; backbone_out_channels 1232 = 48 + 96 + 192 +
+  384 + 512 for Sonata's encoder). Scores are carried from the grid points to every input point.
+- `decoder`: the frozen encoder plus the PTv3 decoder (pc3d.models.ptv3_decoder, probe.decoder_*; Sonata:
+  depths (2, 2, 2, 2), widths (64, 96, 192, 384)), trained with fresh heads on its finest output.
+- `full`: everything trains (encoder at `backbone_lr_scale`, Sonata's 0.1x for `block` params).
+Which network: Sonata's probes load the *student* of the pretraining checkpoint (CheckpointLoader keywords
+"module.student.backbone"); an official sonata.pth holds one bare encoder (no student / teacher prefix). A pc3d
+run is probed at `probe.encoder_source` (default student, as Sonata; `teacher` = the EMA teacher).
+Tasks:
 - semseg: CE (+ Lovasz-softmax) -> mIoU;
 - insseg: PointGroup -- semantic head + offset head (L1 + (-cos) on instance points); inference shifts points
   by their offsets and BFS-clusters them per predicted class (radius, neighbour cap), proposals score the mean
-  class probability -> AP / AP50 / AP25 (ScanNet protocol). `probe.offset_init` picks the offset head:
-  `pretrained` starts from the checkpoint's (teacher) PointINS offset head at its pretraining level and
-  finetunes it (a checkpoint without one, e.g. Sonata, falls back to a random head of the same shape and
-  level, so both are probed alike), `random` is that head randomly initialised, `probe` is Sonata's
-  protocol (a fresh head on the probe features at full resolution);
+  class probability -> AP / AP50 / AP25 (ScanNet protocol). `probe.offset_init` picks the offset head: `probe`
+  (default, Sonata's protocol) is a fresh head on the probe features at full resolution for every checkpoint;
+  `pretrained` (an explicit, non-paper option) warm-starts from the checkpoint's PointINS offset head at its
+  pretraining level (a checkpoint without one, e.g. Sonata, falls back to a random head of that shape), and
+  `random` is that head randomly initialised (its control);
 - panoptic: the same heads; thing points are clustered into instances, stuff classes are one segment
   -> PQ / SQ / RQ;
 - unsup-insseg: no training; the pretrained PointINS offsets shift the points, BFS clusters them, and
   clusters are Hungarian-matched to ground-truth instances (paper appendix) -> matched mIoU and
   class-agnostic AP.
-Predictions are made on grid-sampled points and carried back to every input point for scoring.
+Predictions are made on grid-sampled points and carried back to every input point for scoring. Synthetic rooms
+have a third, disjoint split (generator indices from TEST_INDEX_OFFSET): the checkpoint chosen on val (or the last
+one) is scored on it once after training (`test/...` metrics).
 
 Input rules (model.pooled_depth / color_norm / center_precision / feat_keys) belong to the probed weights: unset
 ones are resolved when the run starts from the checkpoint's family (an official Sonata / PTv3 file by its stem, a
@@ -39,6 +52,13 @@ from pc3d.engine.method import Method, StepState
 from pc3d.errors import InputError
 from pc3d.methods.sonata import OffsetHead, build_encoder, load_scenes
 from pc3d.models.ptv3 import Point, PTv3Encoder, expected_upcast_channels, level_inverse, up_cast
+from pc3d.models.ptv3_decoder import PTv3Decoder
+from pc3d.models.ptv3_inputs import (
+    InputRules,
+    center_shift,
+    input_features,
+    resolve_input_rules,
+)
 from pc3d.ops.clustering import connected_components
 from pc3d.ops.grid import grid_sample
 
@@ -57,6 +77,14 @@ def scene_labels(dataset: str) -> SceneLabels:
         from pc3d.data.readers.scannet import SCANNET_CLASSES, SCANNET_INSTANCE_CLASSES, SCANNET_STUFF
 
         return SceneLabels(len(SCANNET_CLASSES), SCANNET_INSTANCE_CLASSES, SCANNET_STUFF)
+    if dataset == "scannet200":
+        from pc3d.data.readers.scannet import SCANNET200_INSTANCE_CLASSES, SCANNET200_NUM_CLASSES, SCANNET200_STUFF
+
+        return SceneLabels(SCANNET200_NUM_CLASSES, SCANNET200_INSTANCE_CLASSES, SCANNET200_STUFF)
+    if dataset == "nuscenes":
+        from pc3d.data.readers.nuscenes import NUSCENES_CLASSES, NUSCENES_STUFF_CLASSES, NUSCENES_THING_CLASSES
+
+        return SceneLabels(len(NUSCENES_CLASSES), NUSCENES_THING_CLASSES, NUSCENES_STUFF_CLASSES)
     if dataset == "s3dis":
         from pc3d.data.readers.s3dis import S3DIS_CLASSES, S3DIS_INSTANCE_CLASSES
 
@@ -65,7 +93,8 @@ def scene_labels(dataset: str) -> SceneLabels:
         from pc3d.methods.sonata import KITTI_STUFF_CLASSES, KITTI_THING_CLASSES
 
         return SceneLabels(19, KITTI_THING_CLASSES, KITTI_STUFF_CLASSES)
-    raise InputError(f"data.dataset {dataset}: scene probing reads scannet, s3dis or semantickitti")
+    raise InputError(f"data.dataset {dataset}: scene probing reads scannet, scannet200, s3dis, semantickitti or "
+                     "nuscenes")
 
 
 def parse_instances(segment: np.ndarray, instance: np.ndarray, stuff: tuple[int, ...]) -> np.ndarray:
@@ -75,115 +104,6 @@ def parse_instances(segment: np.ndarray, instance: np.ndarray, stuff: tuple[int,
     if labelled.any():
         out[labelled] = np.unique(out[labelled], return_inverse=True)[1]
     return out.astype(np.int64)
-
-
-# ----------------------------------------------------------------------------- input rules
-
-RULE_KEYS = ("pooled_depth", "color_norm", "center_precision")
-# pc3d runs whose saved config predates the rule keys were pretrained with these (float64 centring and
-# colour / 127.5 - 1 in pc3d.methods.sonata, the v3m1 pooled depth in pc3d.models.ptv3)
-LEGACY_PC3D_RULES: dict[str, str] = {"pooled_depth": "parent", "color_norm": "signed", "center_precision": "float64"}
-
-
-@dataclass(frozen=True)
-class InputRules:
-    """How a raw scene becomes the encoder's input (see PTv3Config); the defaults are Sonata's."""
-
-    color_norm: str = "unit"
-    center_precision: str = "float32"
-    feat_keys: tuple[str, ...] = ("coord", "color", "normal")
-
-    @classmethod
-    def of(cls, model: Any) -> InputRules:
-        """The rules of a model section; unresolved ones take the family of its stem (see `family_rules`)."""
-        family = family_rules(model.stem)
-        return cls(color_norm=model.color_norm or family["color_norm"],
-                   center_precision=model.center_precision or family["center_precision"],
-                   feat_keys=model.input_feat_keys())
-
-    def describe(self) -> str:
-        colour = "colour / 255" if self.color_norm == "unit" else "colour / 127.5 - 1"
-        return f"{' + '.join(self.feat_keys)}; {colour}; {self.center_precision} centring"
-
-
-def family_rules(stem: str) -> dict[str, str]:
-    """Rules of an encoder built without a checkpoint: those of the official family its stem belongs to."""
-    from pc3d.models.convert_ptv3 import OFFICIAL_INPUT_RULES
-
-    return dict(OFFICIAL_INPUT_RULES[stem])
-
-
-def checkpoint_input_rules(spec: str, weights: dict[str, Tensor] | None = None) -> tuple[dict[str, str], str]:
-    """(input rules, where they come from) of the checkpoint `spec` (`weights`: its tensors, if already loaded).
-
-    An official Sonata / PTv3 file: its family's rules; a pc3d checkpoint: the rules its saved config records
-    (the legacy ones where it records none); any other file: the legacy pc3d rules."""
-    from pc3d.engine.checkpoint import load_weights, read_meta
-    from pc3d.engine.hub import resolve_weights
-    from pc3d.models.convert_ptv3 import official_input_rules
-
-    path = resolve_weights(spec)
-    if path.suffix == ".json" or (path.suffix == ".safetensors" and path.with_suffix(".json").is_file()):
-        saved = read_meta(path).get("config") or {}
-        model = saved.get("model") if isinstance(saved.get("model"), dict) else {}
-        rules = {k: model.get(k) or LEGACY_PC3D_RULES[k] for k in RULE_KEYS}
-        return rules, "pc3d run config" if all(model.get(k) for k in RULE_KEYS) else "pc3d run (legacy rules)"
-    official = official_input_rules(weights if weights is not None else load_weights(spec))
-    if official is not None:
-        return official[0], f"official {official[1]} checkpoint"
-    return dict(LEGACY_PC3D_RULES), "pc3d weights without a config (legacy rules)"
-
-
-def resolve_input_rules(config: Any, weights: dict[str, Tensor] | None = None) -> Any:
-    """`config` with every unset input rule of its model section filled in from the checkpoint it probes (or, with
-    none, from the family of model.stem); rules the preset sets are kept as they are."""
-    model = config.model
-    unset = [k for k in RULE_KEYS if getattr(model, k) is None]
-    if not unset:
-        return config
-    rules = checkpoint_input_rules(config.weights, weights)[0] if config.weights else family_rules(model.stem)
-    return config.model_copy(update={"model": model.model_copy(update={k: rules[k] for k in unset})})
-
-
-def center_shift(coord: np.ndarray, precision: str) -> np.ndarray:
-    """Pointcept's CenterShift(apply_z=True): x/y centred on the box, floor at z = 0 (coordinates are input
-    features, so official weights expect this frame).
-
-    "float32" repeats the official arithmetic on float32 arrays: the shift is rounded to float32 before it is
-    subtracted, so coordinates come out up to an ulp away from exact centring, and a point that close to a cell
-    border can change cell. "float64" centres exactly (pc3d's pretraining) and rounds once at the end."""
-    if precision == "float32":
-        xyz = np.asarray(coord, dtype=np.float32)
-        low, high = xyz.min(0), xyz.max(0)
-        shift = np.array([(low[0] + high[0]) / np.float32(2), (low[1] + high[1]) / np.float32(2), low[2]],
-                         dtype=np.float32)
-        return xyz - shift
-    if precision != "float64":
-        raise InputError(f"model.center_precision must be float32 or float64, got {precision!r}")
-    xyz = np.asarray(coord, dtype=np.float64)
-    low, high = xyz.min(0), xyz.max(0)
-    return (xyz - np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]])).astype(np.float32)
-
-
-def normalize_color(color: np.ndarray, rule: str) -> np.ndarray:
-    """Colours 0..255 -> the feature the weights were trained on: "unit" colour / 255 (in float32, as Sonata's
-    NormalizeColor on float32 arrays), "signed" colour / 127.5 - 1 (in float64, as pc3d's pretraining)."""
-    if rule == "unit":
-        return np.asarray(color, dtype=np.float32) / np.float32(255)
-    if rule == "signed":
-        return (np.asarray(color, dtype=np.float64) / 127.5 - 1.0).astype(np.float32)
-    raise InputError(f"model.color_norm must be unit or signed, got {rule!r}")
-
-
-def input_features(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, rules: InputRules) -> np.ndarray:
-    """(N, 3 x len(feat_keys)) float32 encoder input: the named inputs in order (coord is the centred one)."""
-    parts = {"coord": lambda: np.asarray(coord, dtype=np.float32),
-             "color": lambda: normalize_color(color, rules.color_norm),
-             "normal": lambda: np.asarray(normal, dtype=np.float32)}
-    unknown = [k for k in rules.feat_keys if k not in parts]
-    if unknown or not rules.feat_keys:
-        raise InputError(f"model.feat_keys: inputs are coord, color, normal; got {list(rules.feat_keys)}")
-    return np.concatenate([parts[k]() for k in rules.feat_keys], axis=1)
 
 
 # ----------------------------------------------------------------------------- data
@@ -242,28 +162,6 @@ def collate_scenes(samples: list[dict[str, Tensor]]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- networks
-
-
-class UnpoolDecoder(nn.Module):
-    """Decoder probing: from the coarsest level down, parent = LN/GELU(Linear(skip) + Linear(coarse)[inverse])."""
-
-    def __init__(self, channels: tuple[int, ...], width: int) -> None:
-        super().__init__()
-        self.skip = nn.ModuleList(nn.Linear(c, width) for c in channels[:-1])
-        self.up = nn.ModuleList(nn.Linear(channels[-1] if i == len(channels) - 2 else width, width)
-                                for i in range(len(channels) - 1))
-        self.norm = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.GELU()) for _ in channels[:-1])
-        self.top = nn.Linear(channels[-1], width) if len(channels) == 1 else None
-
-    def forward(self, point: Point) -> Tensor:
-        if self.top is not None:
-            return self.top(point.feat)
-        feat = point.feat
-        for level in range(len(self.skip) - 1, -1, -1):
-            parent = point.parent
-            feat = self.norm[level](self.skip[level](parent.feat) + self.up[level](feat)[point.pooling_inverse])
-            point = parent
-        return feat
 
 
 def lovasz_softmax(probs: Tensor, labels: Tensor) -> Tensor:
@@ -335,14 +233,34 @@ def lift_offsets(head: Point, offsets: Tensor, depth: int, coord: Tensor) -> Ten
     return (head.coord + offsets)[inverse] - coord
 
 
-def pretrained_offset_head(weights: dict[str, Tensor]) -> tuple[str, dict[str, Tensor]] | None:
-    """(prefix, tensors) of the offset head in a PointINS run (teacher preferred) or a probe run; None if absent."""
-    for prefix in ("teacher.", "student.", ""):
+def pretrained_offset_head(weights: dict[str, Tensor], network: str = "teacher"
+                           ) -> tuple[str, dict[str, Tensor]] | None:
+    """(prefix, tensors) of the offset head in a PointINS run (that of `network` preferred, as the encoder's) or a
+    probe run; None if absent."""
+    other = "student" if network == "teacher" else "teacher"
+    for prefix in (f"{network}.", f"{other}.", ""):
         key = prefix + "offset_head."
         tensors = {k[len(key):]: v for k, v in weights.items() if k.startswith(key)}
         if tensors:
             return prefix + "offset_head", tensors
     return None
+
+
+def probe_feature_width(config: Any) -> int:
+    """Width of the features the heads read: the decoder's finest width, else the sum of all encoder widths."""
+    if config.probe.mode == "decoder":
+        return int(config.probe.decoder_channels[0])
+    return int(sum(config.model.channels))
+
+
+def build_decoder(config: Any) -> PTv3Decoder:
+    probe, model = config.probe, config.model
+    if len(probe.decoder_depths) != len(model.channels) - 1:
+        raise InputError(f"probe.decoder_depths has {len(probe.decoder_depths)} stages; a {len(model.channels)}-"
+                         f"stage encoder needs {len(model.channels) - 1} (one per pooling)")
+    return PTv3Decoder(tuple(model.channels), tuple(probe.decoder_depths), tuple(probe.decoder_channels),
+                       tuple(probe.decoder_heads), probe.decoder_patch_size, model.mlp_ratio, probe.decoder_drop_path,
+                       len(model.orders))
 
 
 def probe_encoder(model: Any, teacher: bool = False) -> PTv3Encoder:
@@ -359,8 +277,8 @@ class SceneProbe(Method):
         probe = config.probe
         self.encoder = probe_encoder(config.model)
         channels = tuple(config.model.channels)
-        self.decoder = UnpoolDecoder(channels, probe.decoder_channels) if probe.mode == "decoder" else None
-        width = probe.decoder_channels if self.decoder is not None else sum(channels)
+        self.decoder = build_decoder(config) if probe.mode == "decoder" else None
+        width = probe_feature_width(config)
         self.seg_head = nn.Linear(width, labels.num_classes)
         self.offset_head: OffsetHead | None = None
         self.offset_levels = probe.up_cast_levels
@@ -391,6 +309,7 @@ class SceneProbe(Method):
             top = self.encoder(point)
         if self.decoder is not None:
             return self.decoder(top), top
+        # linear / full: every level up-cast onto the finest, concatenated finest-first (see the module doc)
         return up_cast(top, len(self.config.model.channels) - 1).feat, top
 
     def offsets(self, feat: Tensor, top: Point, coord: Tensor) -> Tensor:
@@ -460,7 +379,7 @@ class SceneProbe(Method):
         return split
 
     def load_pretrained(self, weights: dict[str, Tensor], source: str = "weights") -> dict[str, Any]:
-        report = load_encoder(self, weights, source)
+        report = load_encoder(self, weights, source, network=self.config.probe.encoder_source)
         report["offset_init"] = self.offset_init_note = self.init_offset_head(weights, source)
         return report
 
@@ -469,7 +388,7 @@ class SceneProbe(Method):
         mode = self.config.probe.offset_init
         if self.offset_head is None:
             return None
-        found = pretrained_offset_head(weights) if mode == "pretrained" else None
+        found = pretrained_offset_head(weights, self.config.probe.encoder_source) if mode == "pretrained" else None
         if found is not None:
             prefix, tensors = found
             own = self.offset_head.state_dict()
@@ -495,9 +414,10 @@ def offset_init_note(mode: str, loaded_from: str | None, levels: int | None, che
 
 
 def load_encoder(module: nn.Module, weights: dict[str, Tensor], source: str,
-                 extra_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Encoder (and `extra_prefixes`) tensors from a Sonata / PointINS run (teacher preferred), a probe run, or an
-    official Sonata / Pointcept PTv3 checkpoint (mapped by pc3d.models.convert_ptv3)."""
+                 extra_prefixes: tuple[str, ...] = (), network: str = "teacher") -> dict[str, Any]:
+    """Encoder (and `extra_prefixes`) tensors from a Sonata / PointINS run (its `network`, student or teacher,
+    preferred over the other), a probe run, or an official Sonata / Pointcept PTv3 checkpoint (mapped by
+    pc3d.models.convert_ptv3)."""
     from pc3d.models.convert_ptv3 import is_official_ptv3, load_official_encoder
 
     if is_official_ptv3(weights):
@@ -505,7 +425,8 @@ def load_encoder(module: nn.Module, weights: dict[str, Tensor], source: str,
             raise InputError(f"{source}: an official PTv3 / Sonata checkpoint has only the encoder, not "
                              f"{', '.join(p.rstrip('.') for p in extra_prefixes)}")
         return load_official_encoder(module.encoder, weights, source)
-    for prefix in ("teacher.", "student.", ""):
+    other = "student" if network == "teacher" else "teacher"
+    for prefix in (f"{network}.", f"{other}.", ""):
         mapped = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix + "encoder.")
                   or any(k.startswith(prefix + e) for e in extra_prefixes)}
         if mapped:
@@ -518,7 +439,8 @@ def load_encoder(module: nn.Module, weights: dict[str, Tensor], source: str,
         raise InputError(f"{source}: does not fit the encoder of this preset ({len(missing)} tensors missing or "
                          f"of another shape, e.g. {missing[0]}); check the model section")
     module.load_state_dict(matched, strict=False)
-    return {"loaded": len(matched), "skipped": sorted(set(weights) - set(matched)), "missing": []}
+    return {"loaded": len(matched), "skipped": sorted(set(weights) - set(matched)), "missing": [],
+            "network": prefix.rstrip(".") or "weights"}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -684,11 +606,70 @@ def run(request: Any) -> dict[str, Any]:
     from pc3d.engine.trainer import fit
 
     result = fit(request, build)
+    result.update(test_scores(config, result))
     m = config.model
     result["input_rules"] = f"{InputRules.of(m).describe()}; pooled depth {m.pooled_depth}"
     if config.probe.task in ("insseg", "panoptic"):
         result["offset_init"] = describe_offset_init(config)
     return result
+
+
+# synthetic test rooms start here: disjoint from train (0..) and val (pc3d.methods.sonata's 100_000..)
+TEST_INDEX_OFFSET = 200_000
+
+
+def test_scenes(config: Any) -> Any | None:
+    """The held-out split of synthetic rooms (as many as val), or None: a folder's val split is its benchmark."""
+    if config.data.source != "synthetic":
+        return None
+    from pc3d.data.readers.scannet import SyntheticScanNet
+
+    data = config.data
+    return SyntheticScanNet(data.synthetic_val_count, config.run.seed, data.num_points, index_offset=TEST_INDEX_OFFSET)
+
+
+@torch.no_grad()
+def evaluate(method: SceneProbe, dataset: Dataset, batch_size: int, device: torch.device) -> dict[str, float]:
+    """The method's validation metrics on `dataset` (scenes in order, `batch_size` at a time)."""
+    from pc3d.engine.data import to_device
+
+    method.eval()
+    outputs = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate_scenes([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        outputs.append(method.validation_step(to_device(batch, device)))
+    return method.validation_epoch_end(outputs)
+
+
+def test_scores(config: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """Score the run's best checkpoint (chosen on val by train.best_metric; else the last) once on the synthetic
+    test split; nothing for folder data. Returns `test/...` metrics and how the checkpoint was selected."""
+    scenes = test_scenes(config)
+    checkpoints = result.get("checkpoints") or {}
+    chosen = checkpoints.get("best") or checkpoints.get("last")
+    if scenes is None or not chosen or result.get("rank", 0) != 0:
+        return {}
+    from pathlib import Path
+
+    from pc3d.engine.checkpoint import load_weights
+    from pc3d.engine.device import resolve_device
+    from pc3d.models.convert import load_state
+
+    if not Path(chosen).is_file():
+        return {}
+    device = resolve_device(config.run.device)
+    method = SceneProbe(config, scene_labels(config.data.dataset))
+    report = load_state(method, load_weights(str(chosen)))
+    if report.missing:
+        raise InputError(f"checkpoint {chosen} lacks {len(report.missing)} weights of the probe")
+    method.to(device)
+    dataset = ProbeScenes(scenes, method.labels, config.model.grid_size, train=False, augment=False,
+                          rules=InputRules.of(config.model))
+    metrics = evaluate(method, dataset, config.train.batch_size, device)
+    best = result.get("best") or {}
+    selection = {"checkpoint": "best" if checkpoints.get("best") else "last", "metric": best.get("metric"),
+                 "epoch": best.get("epoch"), "split": "val", "test_scenes": len(scenes)}
+    return {"test_metrics": {f"test/{k}": v for k, v in metrics.items()}, "selection": selection}
 
 
 def describe_offset_init(config: Any) -> str:
@@ -698,7 +679,8 @@ def describe_offset_init(config: Any) -> str:
         return offset_init_note(probe.offset_init, None, probe.up_cast_levels)
     from pc3d.engine.checkpoint import load_weights
 
-    found = pretrained_offset_head(load_weights(config.weights)) if probe.offset_init == "pretrained" else None
+    found = (pretrained_offset_head(load_weights(config.weights), probe.encoder_source)
+             if probe.offset_init == "pretrained" else None)
     return offset_init_note(probe.offset_init, found[0] if found else None, probe.up_cast_levels, checkpoint=True)
 
 

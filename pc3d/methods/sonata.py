@@ -36,8 +36,30 @@ from pc3d.ops.neighbors import knn
 # ----------------------------------------------------------------------------- scene data
 
 
+class ConcatScenes:
+    """Several scene lists read as one (pretraining on more than one dataset)."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part][index - int(self.offsets[part])]
+
+
 def load_scenes(data: Any, seed: int, split: str) -> Any:
-    """Scenes of a split from a preset's data section: synthetic rooms, or a ScanNet / S3DIS folder."""
+    """Scenes of a split from a preset's data section: synthetic rooms, or a ScanNet / ScanNet200 / S3DIS /
+    SemanticKITTI / nuScenes folder, plus the training scenes of `data.also` (pretraining)."""
+    extra = getattr(data, "also", ())
+    if extra and split == "train":
+        first = load_scenes(data.model_copy(update={"also": ()}), seed, split)
+        return ConcatScenes([first] + [load_scenes(data.model_copy(update={"dataset": s.dataset, "root": s.root,
+                                                                           "source": "folder", "also": ()}),
+                                                   seed, split) for s in extra])
     if data.source == "synthetic":
         from pc3d.data.readers.scannet import SyntheticScanNet
 
@@ -47,10 +69,16 @@ def load_scenes(data: Any, seed: int, split: str) -> Any:
         if split == "train":
             return SyntheticScanNet(data.synthetic_count, seed, data.num_points)
         return SyntheticScanNet(data.synthetic_val_count, seed, data.num_points, index_offset=100_000)
-    if data.dataset == "scannet":
+    if data.dataset in ("scannet", "scannet200"):
         from pc3d.data.readers.scannet import ScanNetPointcept
 
-        return ScanNetPointcept(data.root, split)
+        return ScanNetPointcept(data.root, split, labels="segment200" if data.dataset == "scannet200" else "segment20")
+    if data.dataset == "nuscenes":
+        from pc3d.data.readers.nuscenes import NuScenesScenes
+
+        mini = data.nuscenes_version.endswith("mini")
+        return NuScenesScenes(data.root, ("mini_" if mini else "") + ("train" if split == "train" else "val"),
+                              data.nuscenes_version, data.nuscenes_sweeps, data.max_frames)
     if data.dataset == "s3dis":
         from pc3d.data.readers.s3dis import S3DISPointcept
 
@@ -87,9 +115,17 @@ class KittiScenes:
                 "instance": instance, "name": f"{sample['sequence']}/{sample['frame']}"}
 
 
-def scene_features(coord: np.ndarray, color: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """The 9 input channels: coordinates, colour scaled to [-1, 1], normal."""
-    return np.concatenate([coord, color / 127.5 - 1.0, normal], axis=1).astype(np.float32)
+def view_rules(model: Any | None = None) -> Any:
+    """The input rules a pretraining run builds its views with (`InputRules` of pc3d.methods.scene_probe): the
+    model section's colour scale, centring arithmetic and input channels, by default Sonata's (colour / 255,
+    float32 CenterShift, coord + colour + normal). The run's saved config records them, so a probe of its
+    checkpoint feeds exactly these inputs."""
+    from pc3d.models.ptv3_inputs import InputRules
+
+    if model is None:
+        return InputRules()
+    return InputRules(color_norm=model.color_norm or "unit", center_precision=model.center_precision or "float32",
+                      feat_keys=model.input_feat_keys())
 
 
 def _rotation(axis: int, angle: float) -> np.ndarray:
@@ -219,7 +255,8 @@ class ViewAugment:
 
 
 def make_view(sample: dict[str, Any], scale: tuple[float, float], rng: np.random.Generator, grid_size: float,
-              max_points: int, augment: ViewAugment, augment_color: bool = True) -> dict[str, Tensor]:
+              max_points: int, augment: ViewAugment, augment_color: bool = True, rules: Any = None
+              ) -> dict[str, Tensor]:
     """A crop of the nearest U[scale] share of points around a random point, augmented and grid-sampled.
 
     `origin` keeps the pre-augmentation coordinates (cross-view matching) and `transform` the linear part A
@@ -227,7 +264,10 @@ def make_view(sample: dict[str, Any], scale: tuple[float, float], rng: np.random
     A^-1 maps a view's vectors (PointINS offsets) back only up to the warp's local stretch: at Sonata's
     (granularity, magnitude) pairs both have magnitude / granularity = 2 and the smoothed noise changes by
     ~0.05 per node, so the warp's Jacobian departs from I by ~10 % (and moves points by ~0.1 m rms per
-    axis). `augment_color=False`: colours as given (global views whose colours were augmented once per scene)."""
+    axis). `augment_color=False`: colours as given (global views whose colours were augmented once per scene).
+    `rules`: the input rules (`view_rules`; None = Sonata's)."""
+    from pc3d.models.ptv3_inputs import center_shift, input_features
+
     coord = sample["coord"]
     n = coord.shape[0]
     centre = coord[rng.integers(n)]
@@ -235,8 +275,11 @@ def make_view(sample: dict[str, Any], scale: tuple[float, float], rng: np.random
     idx = np.argsort(((coord - centre) ** 2).sum(1), kind="stable")[:keep]
     origin = coord[idx].astype(np.float64)
     matrix, orient = augment.matrix(rng)
-    shift = (origin.max(0) + origin.min(0)) / 2  # centre shift of the crop's box
-    xyz = augment.distort((origin - shift) @ matrix.T, rng)
+    rules = view_rules() if rules is None else rules
+    # the probe's CenterShift (x, y on the crop's box centre, floor at z = 0) in the rule's arithmetic, then the
+    # linear part: an unaugmented view of a whole scene is exactly the probe's input (tests/test_sonata_inputs.py)
+    centred = center_shift(coord[idx], rules.center_precision).astype(np.float64)
+    xyz = augment.distort(centred @ matrix.T, rng)
     color = sample["color"][idx].astype(np.float64)
     if augment_color:
         color = augment.colors(color, rng)
@@ -246,7 +289,7 @@ def make_view(sample: dict[str, Any], scale: tuple[float, float], rng: np.random
     chosen = cells.unique_index
     if chosen.numel() > max_points:
         chosen = chosen[torch.from_numpy(rng.permutation(chosen.numel())[:max_points])]
-    feat = scene_features(xyz, color, normal)
+    feat = input_features(xyz.astype(np.float32), color, normal, rules)
     return {"coord": coord_t[chosen], "origin": torch.from_numpy(origin).float()[chosen],
             "grid": cells.grid_coord[chosen], "feat": torch.from_numpy(feat)[chosen],
             "transform": torch.from_numpy(matrix).float()}
@@ -255,9 +298,11 @@ def make_view(sample: dict[str, Any], scale: tuple[float, float], rng: np.random
 class SceneViews(Dataset):
     """Each item: G global and L local augmented views of one scene (random per access)."""
 
-    def __init__(self, scenes: Any, data: Any, grid_size: float, augment: ViewAugment | None = None) -> None:
+    def __init__(self, scenes: Any, data: Any, grid_size: float, augment: ViewAugment | None = None,
+                 rules: Any = None) -> None:
         self.scenes, self.data, self.grid_size = scenes, data, grid_size
         self.augment = augment or ViewAugment.from_config(getattr(data, "augment", None))
+        self.rules = view_rules() if rules is None else rules
 
     def __len__(self) -> int:
         return len(self.scenes) * self.data.loop
@@ -269,9 +314,9 @@ class SceneViews(Dataset):
         # Sonata's global_shared_transform: one colour draw for the scene, seen by every global view
         scene = {**sample, "color": self.augment.colors(sample["color"], rng)} if shared else sample
         return {"global": [make_view(scene, d.global_scale, rng, self.grid_size, d.max_view_points, self.augment,
-                                     augment_color=not shared) for _ in range(d.global_views)],
-                "local": [make_view(sample, d.local_scale, rng, self.grid_size, d.max_view_points, self.augment)
-                          for _ in range(d.local_views)]}
+                                     augment_color=not shared, rules=self.rules) for _ in range(d.global_views)],
+                "local": [make_view(sample, d.local_scale, rng, self.grid_size, d.max_view_points, self.augment,
+                                    rules=self.rules) for _ in range(d.local_views)]}
 
 
 def collate_views(samples: list[dict[str, list[dict[str, Tensor]]]]) -> dict[str, Tensor]:
@@ -607,7 +652,7 @@ class Sonata(Method):
 
 def build_sets(config: Any) -> tuple[SceneViews, None]:
     scenes = load_scenes(config.data, config.run.seed, "train")
-    return SceneViews(scenes, config.data, config.model.grid_size), None
+    return SceneViews(scenes, config.data, config.model.grid_size, rules=view_rules(config.model)), None
 
 
 def build(config: Any, rank: int) -> Any:

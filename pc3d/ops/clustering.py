@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from pc3d.errors import InputError
-from pc3d.ops.neighbors import knn
+from pc3d.ops.radius_graph import radius_knn
 
 # Upper bound on (group, row, centroid) scores materialised at once by the k-means assignment.
 _ASSIGN_SCORES = 1 << 24
@@ -156,7 +156,8 @@ def connected_components(points: Tensor, radius: float, k: int = 16, min_size: i
     points (N,D) with D = 3 (the kNN graph is built in 3-D). With `group` (N,) int64, edges only join points
     of the same group (each group's graph is built as if alone). Returns labels (N,) int64: components with
     fewer than min_size points get -1, the others are numbered 0.. in order of their lowest point index.
-    CPU: scipy's k-d tree, bounded by the radius, and scipy.sparse.csgraph; CUDA: torch kNN + label propagation.
+    The graph is `pc3d.ops.radius_graph.radius_knn` (k nearest others, ties to the lower index): CPU a k-d tree
+    and scipy.sparse.csgraph, other devices a torch cell list and label propagation (both sub-quadratic).
     """
     if points.ndim != 2 or points.shape[1] != 3 or not points.is_floating_point():
         raise InputError(f"connected_components: points must be a floating (N,3) tensor, got "
@@ -175,48 +176,46 @@ def connected_components(points: Tensor, radius: float, k: int = 16, min_size: i
     with torch.no_grad():
         pts = points.detach()
         if device.type == "cpu":
-            pts = pts.double()  # the group shifts below must not cost precision
-        if group is not None:
-            # groups are moved apart along x by more than their extent + radius: no edge can join two of them,
-            # and every point's in-radius neighbours are its own group's
-            extent = float((pts.max(0).values - pts.min(0).values).max())
-            pts = pts.clone()
-            pts[:, 0] += group.to(pts.dtype) * (extent + 4 * radius)
-        neighbours = min(k + 1, n)  # +1: each point is its own nearest neighbour
-        root = _roots_scipy(pts, radius, neighbours) if device.type == "cpu" else _roots_torch(pts, radius, neighbours)
+            # the k-d tree keeps groups apart by moving them apart along x by more than their extent + radius
+            # (float64: the shift must not cost precision); the cell list keys each group's cells on their own
+            pts = pts.double()
+            if group is not None:
+                extent = float((pts.max(0).values - pts.min(0).values).max())
+                pts = pts.clone()
+                pts[:, 0] += group.to(pts.dtype) * (extent + 4 * radius)
+            root = _roots_scipy(pts, radius, k)
+        else:
+            root = _roots_torch(pts, radius, k, group)
     _, comp, sizes = torch.unique(root, return_inverse=True, return_counts=True)  # sorted by root = min index
     big = sizes >= min_size
     new_id = torch.cumsum(big.long(), 0) - 1
     return torch.where(big[comp], new_id[comp], torch.full_like(comp, -1))
 
 
-def _roots_scipy(points: Tensor, radius: float, neighbours: int) -> Tensor:
-    """Lowest point index of each point's component, from a radius-bounded k-d tree query (pruned search)."""
-    from scipy.sparse import csr_matrix
+def _roots_scipy(points: Tensor, radius: float, k: int) -> Tensor:
+    """Lowest point index of each point's component: k-d tree graph, scipy.sparse.csgraph components."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components as graph_components
-    from scipy.spatial import cKDTree
 
-    pts = points.numpy()
-    n = pts.shape[0]
-    workers = max(1, torch.get_num_threads())
-    dist, idx = cKDTree(pts).query(pts, k=neighbours, distance_upper_bound=radius, workers=workers)
-    dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
-    keep = dist < radius  # missing neighbours come back as (inf, n)
-    # CSR straight from the rows (already grouped by source point): no COO sort, no dtype conversion
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(keep.sum(1), out=indptr[1:])
-    graph = csr_matrix((np.ones(int(indptr[-1])), idx[keep], indptr), shape=(n, n))
+    n = points.shape[0]
+    src, dst = _edges(radius_knn(points, k, radius, method="tree")[0])
+    graph = coo_matrix((np.ones(src.numel()), (src.numpy(), dst.numpy())), shape=(n, n)).tocsr()
     _, comp = graph_components(graph, directed=False)
     _, lowest = np.unique(comp, return_index=True)  # labels are 0..C-1; first occurrence = lowest index
     return torch.from_numpy(lowest.astype(np.int64)[comp])
 
 
-def _roots_torch(points: Tensor, radius: float, neighbours: int) -> Tensor:
-    n = points.shape[0]
-    dist, idx = knn(points, points, neighbours)
-    src = torch.arange(n, device=points.device).unsqueeze(1).expand_as(idx)
-    keep = dist < radius
-    return _union_roots(n, src[keep], idx[keep])
+def _roots_torch(points: Tensor, radius: float, k: int, group: Tensor | None = None) -> Tensor:
+    """The same roots on any device: cell-list graph (`radius_knn` method cells), label propagation."""
+    src, dst = _edges(radius_knn(points, k, radius, group, method="cells")[0])
+    return _union_roots(points.shape[0], src, dst)
+
+
+def _edges(idx: Tensor) -> tuple[Tensor, Tensor]:
+    """(src, dst) of the filled slots of a (N,k) neighbour table (-1 = empty)."""
+    src = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)
+    keep = idx >= 0
+    return src[keep], idx[keep]
 
 
 def _union_roots(n: int, src: Tensor, dst: Tensor) -> Tensor:

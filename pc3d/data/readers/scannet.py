@@ -1,7 +1,8 @@
 """ScanNet v2 in Pointcept's preprocessed layout, and the embedded synthetic rooms in the same sample form.
 
-Layout: <root>/{train,val,test}/<scene>/{coord,color,normal,segment20,instance}.npy (coord/normal float32,
-color uint8 0-255, segment20 int: index into the 20 benchmark classes or -1, instance int: -1 = none).
+Layout: <root>/{train,val,test}/<scene>/{coord,color,normal,segment20,segment200,instance}.npy (coord/normal
+float32, color uint8 0-255, segment20 / segment200 int: index into the 20 / 200 benchmark classes or -1,
+instance int: -1 = none). ScanNet200 reads the same scenes with `labels="segment200"`.
 `root` may also be the folder that holds `scannet/`. Samples are dicts of numpy arrays:
 coord (N,3) float32, color (N,3) float32 in [0,255], normal (N,3) float32, segment (N,) int64,
 instance (N,) int64, and `name`.
@@ -24,6 +25,12 @@ SCANNET_CLASSES: tuple[str, ...] = SCANNET20_NAMES
 SCANNET_STUFF: tuple[int, ...] = (0, 1)
 SCANNET_INSTANCE_CLASSES: tuple[int, ...] = tuple(range(2, 20))
 REQUIRED = ("coord", "color", "normal")
+# ScanNet200 (index of the tsv id in pc3d.data.prepare.labels200.SCANNET200_TSV_IDS): 0 = wall, 2 = floor are not
+# instances (Pointcept's ScanNet200 InstanceParser: segment_ignore_index (-1, 0, 2))
+SCANNET200_NUM_CLASSES = 200
+SCANNET200_STUFF: tuple[int, ...] = (0, 2)
+SCANNET200_INSTANCE_CLASSES: tuple[int, ...] = tuple(c for c in range(200) if c not in SCANNET200_STUFF)
+SCANNET_LABELS = ("segment20", "segment200")
 
 
 def check_scene(sample: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -61,9 +68,12 @@ class ScanNetPointcept:
 
     classes = SCANNET_CLASSES
 
-    def __init__(self, root: str | Path, split: str = "train") -> None:
+    def __init__(self, root: str | Path, split: str = "train", labels: str = "segment20") -> None:
         if split not in SCANNET_SPLITS:
             raise InputError(f"ScanNet: split must be one of {', '.join(SCANNET_SPLITS)}, got {split!r}")
+        if labels not in SCANNET_LABELS:
+            raise InputError(f"ScanNet: labels must be one of {', '.join(SCANNET_LABELS)}, got {labels!r}")
+        self.labels = labels
         base = Path(root)
         if not (base / split).is_dir() and (base / "scannet" / split).is_dir():
             base = base / "scannet"
@@ -77,7 +87,11 @@ class ScanNetPointcept:
         return len(self.scenes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return read_pointcept_scene(self.scenes[index], "segment20", "ScanNet")
+        folder = self.scenes[index]
+        if self.labels == "segment200" and self.split != "test" and not (folder / "segment200.npy").is_file():
+            # a folder prepared without ScanNet200 labels would otherwise train and score on all -1
+            raise InputError(f"ScanNet200: {folder} has no segment200.npy (pc3d data prepare scannet writes it)")
+        return read_pointcept_scene(folder, self.labels, "ScanNet")
 
 
 class SyntheticScanNet:
