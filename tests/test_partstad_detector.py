@@ -219,6 +219,7 @@ def test_finetune_then_segment_and_fewshot_use_the_adapted_detector(cli, tmp_pat
     summary = json.loads(segmented.out)
     config = (Path(summary["out"]) / "config.yaml").read_text()
     assert f"weights: {latest}" in config and summary["boxes"] > 0
+    assert summary["detector_weights"] == str(latest)  # the summary says which detector labelled the shape
 
     fewshot = cli("finetune", "partstad-fewshot", "--preset", "tiny-random", "--set", "sam.enabled=false",
                   "--set", f"detector.weights={run}", "--set", "train.epochs=1", "--set", "data.max_test=1",

@@ -154,6 +154,8 @@ def segment_summary(cfg: PartstadSegmentPreset, run_path: Path, parts: Sequence[
     summary: dict[str, Any] = {
         "parts": list(parts), "weighting": voting.weighting, "box_weights": BOX_WEIGHTS[voting.weighting],
         "weights": weights if voting.weighting == "network" else None, "detector": cfg.detector.kind,
+        # an adapted detector (`--detector RUN`, `pc3d finetune partstad-detector`) or the zero-shot one
+        "detector_weights": cfg.detector.weights or None,
         "sam": cfg.sam.enabled, "run_dir": str(run_path), "out": str(run_path), "points_per_part": totals,
         "inputs": records,
     }
