@@ -11,8 +11,8 @@ _pc3d() {
     --convention) COMPREPLY=($(compgen -W 'auto semantickitti scannet' -- "$cur")); return;;
   esac
   case "$cmd $sub" in
-    'data check') opts='--json --quiet -q --verbose -v --help -h'; args='scannet scannet_detection s3dis modelnet40 modelnet40_fewshot semantickitti shapenetpart scanobjectnn';;
-    'data prepare') opts='--workers -j --json --quiet -q --verbose -v --help -h'; args='scannet s3dis modelnet40 modelnet40_fewshot semantickitti shapenetpart scanobjectnn';;
+    'data check') opts='--json --quiet -q --verbose -v --help -h'; args='scannet scannet_detection s3dis modelnet40 modelnet40_fewshot semantickitti shapenetpart scanobjectnn shapenet55 partnete nuscenes';;
+    'data prepare') opts='--workers -j --json --quiet -q --verbose -v --help -h'; args='scannet s3dis modelnet40 modelnet40_fewshot semantickitti shapenetpart scanobjectnn shapenet55 partnete nuscenes';;
     'data synth') opts='--count -n --seed --points --preview --no-preview --json --quiet -q --verbose -v --help -h'; args='objects scenes lidar';;
     'data synth-raw') opts='--count -n --seed --points --json --quiet -q --verbose -v --help -h'; args='scannet s3dis modelnet40';;
     'detect '*) opts='--checkpoint -c --threshold --columns --preset -p --set -s --out -o --seed --device --print-config --json --quiet -q --verbose -v --help -h'; args='';;

@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
-    from pc3d.data.readers.scannet_detection import SYNTHETIC_VAL_OFFSET
+    from pc3d.data.readers.detection_scenes import SYNTHETIC_VAL_OFFSET
     from pc3d.data.synthetic.scenes import generate_scene, scene_rng
     from pc3d.io.pointcloud import PointCloud, write_point_cloud
 

@@ -96,7 +96,7 @@ def test_rotation_refits_boxes_around_rotated_corners():
 
 
 def test_augmented_boxes_still_enclose_their_objects():
-    from pc3d.data.readers.scannet_detection import SceneRecord
+    from pc3d.data.readers._common import SceneRecord
     from pc3d.ops.boxes import box_corners
 
     rng = np.random.default_rng(0)
@@ -208,7 +208,8 @@ def test_finetuning_beats_an_untrained_detector(trained):
 
 @pytest.mark.slow
 def test_detect_cli_finds_objects_of_a_synthetic_scene(trained, cli, tmp_path):
-    from pc3d.data.readers.scannet_detection import SYNTHETIC_VAL_OFFSET, nyu40_to_det
+    from pc3d.data.readers.detection_scenes import SYNTHETIC_VAL_OFFSET
+    from pc3d.data.readers.scannet_detection import nyu40_to_det
     from pc3d.data.synthetic.scenes import generate_scene, scene_rng
     from pc3d.io.ply import read_ply
     from pc3d.io.pointcloud import PointCloud, write_point_cloud

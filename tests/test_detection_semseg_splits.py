@@ -28,7 +28,7 @@ def _digest(*arrays: np.ndarray) -> str:
 
 
 def test_detection_splits_are_disjoint_at_the_quickstart_counts():
-    from pc3d.data.readers.scannet_detection import scene_records
+    from pc3d.data.readers.detection_scenes import scene_records
     from pc3d.methods.scene_detection import synthetic_test_scenes
 
     # the quickstart's counts (48 / 12 / 24 scenes); fewer points per scene only to keep the test fast: a scene's
@@ -93,7 +93,7 @@ def test_detection_selects_on_val_and_scores_test_once_with_the_selected_weights
             "data.synthetic_points=2048", "data.num_points=1024", "train.epochs=3", "train.batch_size=4",
             "optim.lr=0.01"]
     config = _config("det-scannet-quickstart", "det", sets)
-    from pc3d.data.readers.scannet_detection import scene_records
+    from pc3d.data.readers.detection_scenes import scene_records
 
     def sample_hashes(records) -> set[str]:
         scenes = DetectionScenes(records, config.data.num_points, config.max_boxes, None)

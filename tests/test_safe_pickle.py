@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pc3d.errors import InputError
-from pc3d.io.safe_pickle import safe_load, safe_loads
+from pc3d.io.safe_pickle import safe_load, safe_load_npy, safe_loads
 
 
 def fold_like() -> dict:
@@ -129,3 +129,26 @@ def test_codecs_encode_only_latin1_and_damaged_files_are_one_line(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(InputError, match="missing file"):
         safe_load(tmp_path / "absent.pkl")
+
+
+def test_npy_holding_a_pickled_dict_is_read_through_the_restricted_unpickler(tmp_path):
+    """PartNet-E's label.npy: a 0-d object array holding a dict, read without np.load(allow_pickle=True)."""
+    semantic, instance = np.arange(7) % 3 - 1, np.arange(7) // 2
+    good = tmp_path / "label.npy"
+    np.save(good, np.array({"semantic_seg": semantic, "instance_seg": instance}, dtype=object), allow_pickle=True)
+    data = safe_load_npy(good)
+    assert_same(data["semantic_seg"], semantic)
+    assert_same(data["instance_seg"], instance)
+    plain = tmp_path / "plain.npy"
+    np.save(plain, semantic)
+    assert_same(safe_load_npy(plain), semantic)
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.array([Exploit(os.system, f"touch {marker}")], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="refused global") as info:
+        safe_load_npy(bad)
+    assert "\n" not in str(info.value) and not marker.exists()
+    (tmp_path / "cut.npy").write_bytes(good.read_bytes()[:-9])
+    with pytest.raises(InputError, match="cut.npy"):
+        safe_load_npy(tmp_path / "cut.npy")

@@ -95,6 +95,9 @@ class PrepareDataset(str, Enum):
     semantickitti = "semantickitti"
     shapenetpart = "shapenetpart"
     scanobjectnn = "scanobjectnn"
+    shapenet55 = "shapenet55"
+    partnete = "partnete"
+    nuscenes = "nuscenes"
 
 
 class CheckDataset(str, Enum):
@@ -106,13 +109,17 @@ class CheckDataset(str, Enum):
     semantickitti = "semantickitti"
     shapenetpart = "shapenetpart"
     scanobjectnn = "scanobjectnn"
+    shapenet55 = "shapenet55"
+    partnete = "partnete"
+    nuscenes = "nuscenes"
 
 
 @app.command("prepare")
 def prepare(
     dataset: Annotated[PrepareDataset, typer.Argument(help="scannet, s3dis, modelnet40 (converted); "
                                                       "modelnet40_fewshot, semantickitti, shapenetpart, "
-                                                      "scanobjectnn (checked only).")],
+                                                      "scanobjectnn, shapenet55, partnete, nuscenes "
+                                                      "(checked only).")],
     raw: Annotated[Path, typer.Argument(help="The raw download (the folder holding scans/, Area_1/ or "
                                         "ModelNet40/).")],
     out: Annotated[Path, typer.Argument(help="Parent folder of the prepared layouts (e.g. data/).")],
@@ -129,11 +136,16 @@ def prepare(
     (10 000 points with normals per shape, plus 2048-point FPS caches in .npz). Rerunning skips finished
     scenes; every file is written atomically.
 
+    The other datasets are released in the layout pc3d reads: prepare checks RAW in full (as `pc3d data
+    check`) and writes nothing; OUT is not used. None of their readers wants a cache.
+
     Examples:
 
       pc3d data prepare scannet /data/ScanNet data --workers 8
 
       pc3d data prepare s3dis /data/Stanford3dDataset_v1.2_Aligned_Version data
+
+      pc3d data prepare nuscenes /data/nuscenes data
     """
     setup_output(json_out, quiet, verbose)
     from pc3d.data.prepare import prepare as run_prepare
@@ -146,7 +158,9 @@ def prepare(
 def check(
     dataset: Annotated[CheckDataset, typer.Argument(help="scannet, scannet_detection, s3dis, modelnet40, "
                                                     "modelnet40_fewshot (Point-BERT's fold pickles), "
-                                                    "semantickitti, shapenetpart or scanobjectnn.")],
+                                                    "semantickitti, shapenetpart, scanobjectnn, "
+                                                    "shapenet55 (Point-MAE's ShapeNet55-34), partnete "
+                                                    "(PartNet-Ensembled) or nuscenes (lidarseg).")],
     root: Annotated[Path, typer.Argument(help="The prepared dataset folder (what a preset's data.root names).")],
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -155,11 +169,18 @@ def check(
     """Check a prepared dataset: splits present and missing, point / label / instance counts, label
     ranges against the classes, coordinate extents, colour ranges. Exits 2 with the first problem.
 
+    shapenet55: ShapeNet-55/{train,test}.txt and the shapenet_pc/*.npy clouds they list. partnete:
+    PartNetE_meta.json, data/{few_shot,test}/<category>/<shape>/{pc.ply,label.npy}, part ids against the
+    category's part names. nuscenes: the v1.0-trainval (else v1.0-mini) tables, key frames of the train and val
+    scenes, lidarseg ids against category.json (0..31) and their 16 classes.
+
     Examples:
 
       pc3d data check scannet data/scannet
 
       pc3d data check modelnet40 data/modelnet40_normal_resampled --json
+
+      pc3d data check nuscenes data/nuscenes
     """
     setup_output(json_out, quiet, verbose)
     from pc3d.data.prepare.check import check_dataset

@@ -100,3 +100,31 @@ def safe_load(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise InputError(f"{path}: missing file")
     return safe_loads(path.read_bytes(), str(path))
+
+
+def safe_load_npy(path: str | os.PathLike) -> Any:
+    """An .npy file; an object array (a pickle after the .npy header, as PartNet-E's label.npy holding a dict)
+    goes through the restricted unpickler, never `np.load(allow_pickle=True)`. A 0-d object array comes back as
+    the object it holds."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing file")
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(handle)
+        except ValueError as exc:
+            raise InputError(f"{path}: not an .npy file ({' '.join(str(exc).split())})") from None
+        if dtype != np.dtype(object):
+            handle.seek(0)
+            try:
+                return np.load(handle, allow_pickle=False)
+            except ValueError as exc:
+                raise InputError(f"{path}: truncated or damaged .npy ({' '.join(str(exc).split())})") from None
+        body = handle.read()
+    data = safe_loads(body, str(path))
+    return data.item() if isinstance(data, np.ndarray) and data.shape == () else data

@@ -60,12 +60,15 @@ def ground_truth_parts(path: Path, cloud: Any, parts: Sequence[str]) -> tuple[np
 
 
 def _load_partnete_label(path: Path) -> dict[str, np.ndarray]:
-    """PartNetE's label.npy is a pickled dict (the released format); only files of the dataset are read."""
+    """PartNetE's label.npy is a pickled dict (the released format), read with the restricted unpickler: a
+    downloaded file never runs code."""
+    from pc3d.io.safe_pickle import safe_load_npy
+
+    data = safe_load_npy(path)
     try:
-        data = np.load(path, allow_pickle=True).item()
         return {"semantic_seg": np.asarray(data["semantic_seg"], np.int64),
                 "instance_seg": np.asarray(data["instance_seg"], np.int64)}
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
         raise InputError(f"{path}: not a PartNetE label file ({exc})") from None
 
 

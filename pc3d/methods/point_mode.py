@@ -205,7 +205,7 @@ class PointMoDEPretraining(Method):
 
 
 def build(config: Any, rank: int) -> Any:
-    from pc3d.data.readers.scannet_detection import scene_records
+    from pc3d.data.readers.detection_scenes import scene_records
     from pc3d.engine.trainer import TrainingSetup
 
     torch.manual_seed(config.run.seed)

@@ -286,7 +286,7 @@ class SceneDetection(Method):
 
 
 # Synthetic generator indices per split (scene i of a split is scene_rng(seed, offset + i)): train 0.., val
-# 100_000.. (scannet_detection.SYNTHETIC_VAL_OFFSET), test 200_000..: ranges 100_000 apart, so no count a
+# 100_000.. (detection_scenes.SYNTHETIC_VAL_OFFSET), test 200_000..: ranges 100_000 apart, so no count a
 # preset can ask for (SceneDataConfig caps them at 100_000) makes two splits share a scene
 SYNTHETIC_TEST_OFFSET = 200_000
 
@@ -295,7 +295,7 @@ def synthetic_test_scenes(config: Any) -> DetectionScenes | None:
     """The held-out test scenes: synthetic ones of their own (never seen by training or selection), or None
     for folders -- ScanNet / SUN RGB-D detection reports val (3DETR's and Point-MoDE's protocol: the
     benchmarks' test labels are hidden), so there val both selects and is reported, as in the papers."""
-    from pc3d.data.readers.scannet_detection import SyntheticDetectionScenes
+    from pc3d.data.readers.detection_scenes import SyntheticDetectionScenes
 
     data = config.data
     if data.source != "synthetic" or data.synthetic_test_count == 0:
@@ -307,7 +307,7 @@ def synthetic_test_scenes(config: Any) -> DetectionScenes | None:
 
 def build(config: Any, rank: int) -> Any:
     """Train and val scenes only: the test split is built after training (`run`), so selection cannot read it."""
-    from pc3d.data.readers.scannet_detection import scene_records
+    from pc3d.data.readers.detection_scenes import scene_records
     from pc3d.engine.trainer import TrainingSetup
 
     torch.manual_seed(config.run.seed)

@@ -1,10 +1,12 @@
 """`pc3d data prepare` / `pc3d data check`: raw public downloads -> the layouts pc3d's readers expect.
 
 scannet, s3dis and modelnet40 are converted (scannet.py, s3dis.py, modelnet40.py); semantickitti,
-shapenetpart, scanobjectnn, Point-BERT's few-shot folds (modelnet40_fewshot) and an already resampled
-ModelNet40 are released in the layout pc3d reads, so preparing them only checks them (check.py) and writes
-nothing. Every converter is resumable (finished outputs are skipped) and writes
-each file atomically.
+shapenetpart, scanobjectnn, Point-BERT's few-shot folds (modelnet40_fewshot), an already resampled
+ModelNet40, Point-MAE's ShapeNet-55 (shapenet55), PartSLIP's PartNet-Ensembled (partnete) and nuScenes-lidarseg
+(nuscenes) are released in the layout pc3d reads, so preparing them only checks them (check.py,
+check_released.py) and writes nothing: none of their readers uses a cache (ShapeNet-55 subsamples its 8192
+stored points at random, PartSTAD caches its 2-D outputs in the run folder, nuScenes reads the json tables).
+Every converter is resumable (finished outputs are skipped) and writes each file atomically.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 from pc3d.errors import InputError
 
 CONVERTED = ("scannet", "s3dis", "modelnet40")  # modelnet40 also accepts the released resampled layout
-READ_AS_RELEASED = ("semantickitti", "shapenetpart", "scanobjectnn", "modelnet40_fewshot")
+READ_AS_RELEASED = ("semantickitti", "shapenetpart", "scanobjectnn", "modelnet40_fewshot", "shapenet55",
+                    "partnete", "nuscenes")
 DATASETS = CONVERTED + READ_AS_RELEASED
 
 
@@ -32,7 +35,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, workers: int = 1) ->
         report = check_dataset(dataset, raw)
         return {"dataset": dataset, "raw": str(raw), "out": None, "written": 0,
                 "note": f"{dataset} is released in the layout pc3d reads: checked, nothing written; "
-                        f"point presets at {raw}", "check": report}
+                        f"point presets at {report['root']}", "check": report}
     if dataset == "modelnet40" and _released_resampled(raw):
         from pc3d.data.prepare.check import check_dataset
 

@@ -6,8 +6,8 @@
 - ScanNetV2 in Pointcept's layout `<root>/{train,val}/<scene>/{coord,color,segment20,instance}.npy`:
   boxes are the tight boxes of the instances whose class is one of the 18 (read here directly from
   the npy files; the class of an instance is the majority of its points' `segment20`).
-- The embedded synthetic rooms (`pc3d.data.synthetic.scenes`), generated in memory.
 
+The embedded synthetic rooms and the choice of reader per preset live in `detection_scenes`.
 Every scene comes out as a `SceneRecord` with boxes labelled 0..17 in `DET_CLASS_NAMES` order.
 Files are read when a scene is asked for, so a dataset of 1 200 scenes costs no memory up front.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -137,67 +136,3 @@ class ScanNetPointceptDetection(Sequence):
             colors = np.clip(np.rint(load_npy(folder / "color.npy", self.what)), 0, 255).astype(np.uint8)
         boxes, labels = boxes_from_instances(coord[:, :3], arrays["segment20"], arrays["instance"])
         return SceneRecord(folder.name, coord[:, :3].astype(np.float32), colors, boxes, labels)
-
-
-class SyntheticDetectionScenes(Sequence):
-    """The embedded synthetic rooms, generated once in memory; scene i depends only on (seed, offset + i)."""
-
-    def __init__(self, count: int, seed: int, points: int, offset: int = 0) -> None:
-        from pc3d.data.synthetic.scenes import generate_scene, scene_rng
-
-        self.records = []
-        for i in range(count):
-            scene = generate_scene(scene_rng(seed, offset + i), points, name=f"scene{offset + i:04d}_00")
-            labels = nyu40_to_det(scene.boxes[:, 6])
-            keep = labels >= 0
-            self.records.append(SceneRecord(scene.name, scene.points, scene.colors, scene.boxes[keep, :6],
-                                            labels[keep]))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> SceneRecord:  # type: ignore[override]
-        return self.records[index]
-
-
-class Concatenated(Sequence):
-    def __init__(self, parts: list[Sequence]) -> None:
-        self.parts = [p for p in parts if len(p)]
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
-
-    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
-        for part in self.parts:
-            if index < len(part):
-                return part[index]
-            index -= len(part)
-        raise IndexError(index)
-
-
-# synthetic validation scenes come from their own index range
-SYNTHETIC_VAL_OFFSET = 100_000
-
-
-def open_scene_folder(dataset: str, root: str, split: str) -> Sequence:
-    if dataset == "scannet_detection":
-        return ScanNetDetection(root, split)
-    if dataset == "scannet_pointcept":
-        return ScanNetPointceptDetection(root, split)
-    if dataset == "sunrgbd":
-        from pc3d.data.readers.sunrgbd import SunRGBD
-
-        return SunRGBD(root, split)
-    raise InputError(f"unknown scene dataset '{dataset}'")
-
-
-def scene_records(data: Any, split: str, seed: int) -> Sequence:
-    """The scenes of a preset's `data` section (SceneDataConfig) for split 'train' or 'val'."""
-    if data.source == "synthetic":
-        if split == "train":
-            return SyntheticDetectionScenes(data.synthetic_count, seed, data.synthetic_points)
-        return SyntheticDetectionScenes(data.synthetic_val_count, seed, data.synthetic_points, SYNTHETIC_VAL_OFFSET)
-    main = open_scene_folder(data.dataset, data.root, split)
-    if split != "train" or not data.extra:
-        return main
-    return Concatenated([main, *(open_scene_folder(s.dataset, s.root, split) for s in data.extra)])
