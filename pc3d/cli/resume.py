@@ -170,8 +170,8 @@ def plan_resume(command: str, name: str, target: str, preset: str | None, sets: 
     With a run and a checkpoint to continue, the run's config.yaml is the base: without `--preset`
     the `--set`s apply on top of it, with `--preset` the command line is resolved in full, and any
     difference outside the runtime keys is refused unless `allow_change`. With nothing to continue
-    the command line's own config is returned and the trainer starts the run (auto) or reports
-    that there is none (plain --resume; few-shot folds find their own runs there)."""
+    the command line's own config is returned and the trainer starts the run (auto); plain --resume
+    without an earlier run is refused here."""
     from pc3d.cli.common import resolve_config
     from pc3d.config import apply_overrides, validate_preset
 
@@ -182,6 +182,9 @@ def plan_resume(command: str, name: str, target: str, preset: str | None, sets: 
             and (found[0].parent.parent / "config.yaml").is_file():
         raise InputError(f"--resume {target}: one fold of the few-shot run {found[0].parent.parent}; resume the "
                          f"run itself: --resume {found[0].parent.parent}")
+    if found is None and target == "latest":  # said here, before the dataset start-up check would speak
+        run_out, run_name = _run_location(name, preset, sets, flags.get("out"))
+        raise InputError(f"--resume: no earlier run named '{run_name}' under {run_out}/")
     if found is None or (found[1] is None and not fewshot):
         if target not in ("latest", "auto"):
             raise InputError(f"--resume {target}: run {found[0] if found else target} has no checkpoint yet")
