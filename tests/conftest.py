@@ -1,4 +1,4 @@
-"""Shared fixtures: run the CLI in-process and capture exit code, stdout and stderr."""
+"""Shared fixtures: run the CLI in-process and capture exit code, stdout and stderr; an empty offline hub cache."""
 
 from __future__ import annotations
 
@@ -33,3 +33,11 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of the test's own, offline: tiny random models are written into it."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "hub"

@@ -15,13 +15,6 @@ from pc3d.foundation.detector import (
 )
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path / "hub"
-
-
 def test_caption_spans_by_hand():
     # "arm . seat ." with character offsets of a word-level tokenizer: [CLS] arm . seat . [SEP]
     offsets = [(0, 0), (0, 3), (4, 5), (6, 10), (11, 12), (0, 0)]

@@ -8,9 +8,7 @@ import torch
 from pc3d.foundation.sam import SamBoxSegmenter, write_tiny_random_sam
 
 
-def test_masks_match_the_processor_pipeline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_masks_match_the_processor_pipeline(hub_cache):
     segmenter = SamBoxSegmenter(write_tiny_random_sam(), batch_size=2)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (3, 50, 70, 3), dtype=np.uint8)
@@ -22,7 +20,7 @@ def test_masks_match_the_processor_pipeline(tmp_path, monkeypatch):
     # the same through SamProcessor (its own box normalisation), one view at a time
     from transformers import SamProcessor
 
-    snapshot = next((tmp_path / "hub" / "models--pc3d-tiny-random--sam" / "snapshots").iterdir())
+    snapshot = next((hub_cache / "models--pc3d-tiny-random--sam" / "snapshots").iterdir())
     processor = SamProcessor.from_pretrained(str(snapshot))
     for v in (0, 2):
         inputs = processor(images=images[v], input_boxes=[boxes[v].tolist()], return_tensors="pt")

@@ -21,13 +21,7 @@ def objects(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def test_segment_tiny_random_writes_every_output(cli, objects, tmp_path, offline_hub):
+def test_segment_tiny_random_writes_every_output(cli, objects, tmp_path, hub_cache):
     from pc3d.io.images import read_image
     from pc3d.io.pointcloud import read_point_cloud
 

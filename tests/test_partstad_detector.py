@@ -25,13 +25,6 @@ from pc3d.methods.partstad_detector import (
 from pc3d.methods.partstad_render import render_views
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path / "hub"
-
-
 def _pinhole(points: np.ndarray, elevation0_azimuth: float, size: int, distance: float, fov: float) -> np.ndarray:
     """Pixel (x right, y down) of world points seen from elevation 0, azimuth 0 (camera on +z) or 90 (on +x),
     looking at the origin with y up, written out by hand."""
