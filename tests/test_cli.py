@@ -46,9 +46,9 @@ def test_design_card_examples_parse_as_written():
 def test_common_options_parse():
     params = _parse(["finetune", "cls-modelnet40", "--from", "hf://o/r@v1/m.safetensors", "--set", "train.lr=1e-4",
                      "--set", "train.epochs=2", "--out", "x", "--seed", "3", "--device", "cpu", "--json", "-q"])
-    assert list(params["set_"]) == ["train.lr=1e-4", "train.epochs=2"]  # a tuple with typer < 0.16
+    assert list(params["set_"]) == ["train.lr=1e-4", "train.epochs=2"]  # a tuple with older typer
     assert params["init_from"] == "hf://o/r@v1/m.safetensors" and params["seed"] == 3
-    # typer >= 0.16 converts to the enum at parse time, older releases in the command wrapper
+    # newer typer converts to the enum at parse time, older releases only in the command wrapper
     assert getattr(params["device"], "value", params["device"]) == "cpu" and params["json_out"] and params["quiet"]
 
 
