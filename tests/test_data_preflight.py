@@ -116,6 +116,12 @@ def test_semantickitti_presets_are_checked_on_their_own_sequences(tmp_path):
                          ["data.source=folder", f"data.root={root}", "data.sequences=[\"00\", \"04\"]"], {})
     with pytest.raises(InputError, match="sequence 04 missing"):
         startup_check(bad)
+    # pseudo-labelling reads data.sequences only: the default val sequence 08 is not needed (the demo's command)
+    labels = resolve_config("pseudolabel", "affinity3d", "oracle", ["data.source=folder", f"data.root={root}",
+                                                                   "data.sequences=[\"00\"]"],
+                            {})
+    assert labels.data.val_sequences == ["08"]
+    assert set(startup_check(labels)["splits"]) == {"train"}
 
 
 def test_sampled_scanobjectnn_reads_headers_and_end_clouds(tmp_path):

@@ -62,7 +62,9 @@ def check_options(config: Any, name: str, also: bool = False) -> dict[str, Any]:
     if name != "semantickitti":
         return {}
     train = getattr(data, "train_sequences", None) or getattr(data, "sequences", None)
-    val = None if also else getattr(data, "val_sequences", None)
+    # `pc3d pseudolabel affinity3d` labels `data.sequences` only; its val_sequences belong to the training preset
+    labels_only = getattr(config, "method", None) == "affinity3d"
+    val = None if also or labels_only else getattr(data, "val_sequences", None)
     splits = {split: tuple(seqs) for split, seqs in (("train", train), ("val", val)) if seqs}
     return {"sequences": splits} if splits else {}
 
