@@ -75,3 +75,17 @@ def score_selected(config: Any, result: dict[str, Any], method: Method, val: Dat
                  "checkpoint": kind, "reported": reported,
                  "val_samples": len(val), "test_samples": len(test) if test is not None else 0}  # type: ignore[arg-type]
     return {**result, "val": val_scores, "test": test_scores, "selection": selection}
+
+
+def fit_and_score(request: Any, build: Any, test_split: Any) -> dict[str, Any]:
+    """Train with `build`, then score the selected checkpoint once on val and once on `test_split(config)`
+    (None: no test split, val is the reported split). The method and val set are rebuilt after training
+    because the trainer may have run in worker processes and keeps neither."""
+    from pc3d.engine.trainer import fit
+
+    result = fit(request, build)
+    config = request.config
+    setup = build(config, 0)
+    test = test_split(config)
+    return score_selected(config, result, setup.method, setup.val_set, test,
+                          reported="test" if test is not None else "val")

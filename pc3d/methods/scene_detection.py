@@ -329,15 +329,9 @@ def run(request: Any) -> dict:
     (request.inputs set) runs inference."""
     if request.inputs is not None:
         return detect(request)
-    from pc3d.engine.selection import score_selected
-    from pc3d.engine.trainer import fit
+    from pc3d.engine.selection import fit_and_score
 
-    result = fit(request, build)
-    config = request.config
-    setup = build(config, 0)
-    test = synthetic_test_scenes(config)
-    return score_selected(config, result, setup.method, setup.val_set, test,
-                          reported="test" if test is not None else "val")
+    return fit_and_score(request, build, synthetic_test_scenes)
 
 
 # ------------------------------------------------------------------------------------------ pc3d detect

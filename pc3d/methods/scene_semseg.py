@@ -175,12 +175,6 @@ def build(config: Any, rank: int) -> Any:
 def run(request: Any) -> dict:
     """Train (checkpoint chosen by val mIoU), then score the chosen checkpoint once on val and once on the
     synthetic test rooms (`val`, `test`, `selection` in the result)."""
-    from pc3d.engine.selection import score_selected
-    from pc3d.engine.trainer import fit
+    from pc3d.engine.selection import fit_and_score
 
-    result = fit(request, build)
-    config = request.config
-    setup = build(config, 0)
-    test = synthetic_test_rooms(config)
-    return score_selected(config, result, setup.method, setup.val_set, test,
-                          reported="test" if test is not None else "val")
+    return fit_and_score(request, build, synthetic_test_rooms)
