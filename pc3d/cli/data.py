@@ -14,6 +14,9 @@ app = typer.Typer(help="Datasets: synthesise them, prepare real downloads, check
                   no_args_is_help=True)
 
 
+GeneratorSeedOpt = Annotated[int, typer.Option("--seed", help="Generator seed (same seed, same data).")]
+
+
 class Kind(str, Enum):
     objects = "objects"
     scenes = "scenes"
@@ -25,7 +28,7 @@ def synth(
     kind: Annotated[Kind, typer.Argument(help="objects, scenes or lidar.")],
     out: Annotated[Path, typer.Argument(help="Folder to write (created; existing files are replaced).")],
     count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="How many shapes/scenes/frames.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Generator seed (same seed, same data).")] = 0,
+    seed: GeneratorSeedOpt = 0,
     points: Annotated[int | None, typer.Option("--points", min=16, help="Points per shape/scene.")] = None,
     preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png.")] = True,
     json_out: JsonOpt = False,
@@ -63,7 +66,7 @@ def synth_raw(
     dataset: Annotated[RawDataset, typer.Argument(help="scannet, s3dis or modelnet40.")],
     out: Annotated[Path, typer.Argument(help="Folder to write the raw download layout into.")],
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="Scenes (s3dis: at least 6) or shapes.")] = 6,
-    seed: Annotated[int, typer.Option("--seed", help="Generator seed (same seed, same data).")] = 0,
+    seed: GeneratorSeedOpt = 0,
     points: Annotated[int, typer.Option("--points", min=16, help="Points (mesh vertices) per scene.")] = 20_000,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
