@@ -97,6 +97,8 @@ def test_shapenet55_npy_and_split_files(tmp_path):
     assert sample["points"].shape == (128, 3)
     assert np.linalg.norm(sample["points"].numpy(), axis=1).max() == pytest.approx(1.0, abs=1e-5)
     assert int(sample["label"]) == 1  # synset index in sorted order
+    # the test list holds only the third synset: its label is still index 2 of all synsets, not 0 of its own list
+    assert int(ShapeNet55(tmp_path, "test", num_points=128)[0]["label"]) == 2
     full = ShapeNet55(tmp_path, "train", num_points=512, random_subset=False)[0]["points"].numpy()
     np.testing.assert_allclose(full, unit_sphere(np.load(tmp_path / "shapenet_pc" / names[0])), atol=1e-5)
 

@@ -29,7 +29,14 @@ class ShapeNet55(Dataset):
         if not self.files:
             raise InputError(f"ShapeNet-55: split file {split_file} lists no clouds")
         require_file(self.cloud_dir / self.files[0], "ShapeNet-55")
-        synsets = sorted({name.split("-")[0] for name in self.files})
+        # One index for every split: the synsets of all split lists present, so a label means the same class in
+        # train and test (Point-MAE keys samples by the synset string; an index per split would shift with a
+        # synset that one list lacks).
+        listed = set(self.files)
+        for other in sorted((root / "ShapeNet-55").glob("*.txt")):
+            if other != split_file:
+                listed.update(read_lines(other, "ShapeNet-55"))
+        synsets = sorted({name.split("-")[0] for name in listed})
         self.synset_index = {s: i for i, s in enumerate(synsets)}
         self.num_points = num_points
         self.random_subset = random_subset
