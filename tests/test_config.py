@@ -49,6 +49,19 @@ def test_unknown_key_names_path_and_allowed_keys():
     assert "train.lrr: unknown key" in msg and "batch_size" in msg and "toy.yaml" in msg
 
 
+def test_renamed_key_names_its_new_name():
+    from pc3d.config.loading import RENAMED_KEYS, _allowed_keys
+
+    data = apply_overrides(load_preset("affinity3d", command="pseudolabel"), ["affinity.queue=16"])
+    with pytest.raises(ConfigError, match=r"affinity\.queue: renamed to affinity\.queue_size \("):
+        validate_preset(data, "old.yaml")
+    # every new name is a key the schema accepts, so the hint cannot point at a key that no longer exists
+    schema = schema_for("affinity3d")
+    for new in RENAMED_KEYS.values():
+        section, key = new.split(" ")[0].split(".")
+        assert key in _allowed_keys(schema, (section,))
+
+
 def test_bad_value_and_bad_literal_name_the_key():
     with pytest.raises(ConfigError, match=r"model\.depth: .*greater than or equal to 1"):
         validate_preset({"method": "toy-method", "model": {"depth": 0}})

@@ -240,12 +240,22 @@ def _allowed_keys(schema: type, path: tuple) -> list[str]:
     return sorted(getattr(model, "model_fields", {}))
 
 
+# Keys a released pc3d accepted and a later one renamed: a saved config.yaml or an old preset names the new key
+# (with what changed in meaning) instead of only listing the allowed ones.
+RENAMED_KEYS = {
+    "affinity.queue": "affinity.queue_size (the section 3.4 instance queue now counts superpoints, not frames; "
+                      "0 = each frame alone)",
+}
+
+
 def _format_error(source: str, schema: type, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+        loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in RENAMED_KEYS:
+            parts.append(f"{key}: renamed to {RENAMED_KEYS[key]}")
+        elif err["type"] == "extra_forbidden":
             allowed = _allowed_keys(schema, loc[:-1])
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
             parts.append(f"{key}: unknown key{hint}")
