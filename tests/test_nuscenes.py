@@ -117,6 +117,25 @@ def test_key_frames_points_and_mapped_labels(fixture: tuple[Path, dict]) -> None
     assert item["keyframe"].all() and (item["time_lag"] == 0).all()
 
 
+def test_tables_parsed_once_until_the_file_changes(fixture: tuple[Path, dict], monkeypatch) -> None:
+    import pc3d.data.readers.nuscenes as nuscenes
+
+    root, _ = fixture
+    parsed: list[str] = []
+    real_loads = json.loads
+    monkeypatch.setattr(nuscenes.json, "loads", lambda text: parsed.append(text[:20]) or real_loads(text))
+    NuScenesLidarSeg(root, "train")
+    first = len(parsed)
+    val = NuScenesLidarSeg(root, "val")  # the start-up check, train and val read one version folder
+    assert first == len(nuscenes._TABLES) and len(parsed) == first
+    scenes = root / VERSION / "scene.json"
+    table = real_loads(scenes.read_text())
+    table[1]["name"] = "scene-0003"  # another val scene: an edited table is read again, never served stale
+    scenes.write_text(json.dumps(table))
+    assert len(parsed) == first and NuScenesLidarSeg(root, "val").frames == val.frames
+    assert len(parsed) == first + 1
+
+
 def test_sweep_moved_into_the_key_frame_through_the_poses(fixture: tuple[Path, dict]) -> None:
     root, data = fixture
     reader = NuScenesLidarSeg(root, "train", sweeps=3)

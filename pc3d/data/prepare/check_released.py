@@ -196,23 +196,12 @@ def check_nuscenes(root: Path, sample: int | None = None, version: str | None = 
     version = nuscenes_version(root, version)
     mini = version.endswith("mini")
     splits = splits or (("mini_train", "mini_val") if mini else ("train", "val"))
-    tables: dict[Path, Any] = {}
-
-    class SharedTables(NuScenesLidarSeg):
-        """The reader, its json tables parsed once for all splits (trainval's sample_data is ~0.5 GB)."""
-
-        @staticmethod
-        def _table(path: Path) -> list[dict[str, Any]]:
-            if path not in tables:
-                tables[path] = NuScenesLidarSeg._table(path)
-            return tables[path]
-
     stats: dict[str, Stats] = {}
     extra: dict[str, dict[str, Any]] = {}
     mapping: dict[str, str] = {}
     for split in splits:
         try:
-            reader = SharedTables(root, split, version)
+            reader = NuScenesLidarSeg(root, split, version)  # tables parsed once per process
         except InputError as exc:
             if "no LIDAR_TOP key frames" in str(exc):
                 raise _fail(f"nuScenes: split '{split}' missing: no LIDAR_TOP key frames of its scenes in "

@@ -64,6 +64,29 @@ _VAL_RANGES = (
 _MINI = {"mini_train": (61, 553, 655, 757, 796, 1077, 1094, 1100), "mini_val": (103, 916)}
 
 
+# Parsed tables by file, valid while the file's size and mtime are unchanged: a run reads the same version folder
+# for its start-up check, its train split and its val split, and trainval's sample_data.json alone is ~0.5 GB of
+# JSON (tens of seconds to parse). Readers never modify the tables, so they share one copy.
+_TABLE_CACHE: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """One nuScenes json table (a list of records), parsed once per process while the file is unchanged."""
+    if not path.is_file():
+        raise InputError(f"nuScenes: missing table {path}")
+    stat = path.stat()
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    cached = _TABLE_CACHE.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"nuScenes: {path} is not valid JSON ({exc})") from exc
+    _TABLE_CACHE[path] = (stamp, table)
+    return table
+
+
 def _names(ranges: tuple[tuple[int, int], ...]) -> frozenset[str]:
     return frozenset(f"scene-{n:04d}" for lo, hi in ranges for n in range(lo, hi + 1))
 
@@ -115,7 +138,7 @@ class NuScenesLidarSeg:
             raise InputError(f"nuScenes: sweeps must be >= 0, got {sweeps}")
         self.root = Path(root)
         tables = require_dir(self.root / version, f"nuScenes {version} tables")
-        self.tables = {name: self._table(tables / f"{name}.json") for name in _TABLES}
+        self.tables = {name: read_table(tables / f"{name}.json") for name in _TABLES}
         self.sweeps = sweeps
         self.sample_data = {r["token"]: r for r in self.tables["sample_data"]}
         self.calibrated = {r["token"]: r for r in self.tables["calibrated_sensor"]}
@@ -141,15 +164,6 @@ class NuScenesLidarSeg:
         if not frames:
             raise InputError(f"nuScenes: no LIDAR_TOP key frames of split {split} in {tables}")
         self.frames = [(scene, token) for scene, _, token in frames]
-
-    @staticmethod
-    def _table(path: Path) -> list[dict[str, Any]]:
-        if not path.is_file():
-            raise InputError(f"nuScenes: missing table {path}")
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"nuScenes: {path} is not valid JSON ({exc})") from exc
 
     def __len__(self) -> int:
         return len(self.frames)
