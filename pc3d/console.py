@@ -105,6 +105,13 @@ def line(message: str) -> None:
         console.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    """`pc3d: warning: ...` on stderr, one line: something that may cost accuracy but does not stop the run.
+    Shown unless --quiet, also with --json (a cluster log keeps it; stdout stays the JSON object)."""
+    if _state["lines"]:
+        console.print(f"pc3d: warning: {message}", markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
 def debug(message: str) -> None:
     if _state["verbose"] and not _state["quiet"]:
         console.print(f"[dim]{message}[/dim]")

@@ -205,7 +205,7 @@ def test_finetune_then_segment_and_fewshot_use_the_adapted_detector(cli, tmp_pat
     write_synthetic("objects", tmp_path / "objects", count=6, points=512, preview=False)
     chair = tmp_path / "objects" / "shapes" / "chair_0001.ply"
     latest = tmp_path / "runs" / "partstad-detector" / "latest"
-    segmented = cli("segment", chair, "--parts", "arm,back,leg,seat", "--preset", "tiny-random", "--set",
+    segmented = cli("segment", chair, "--parts", "arm,back,leg,seat,wheel", "--preset", "tiny-random", "--set",
                     "sam.enabled=false", "--set", "render.image_size=64", "--detector", latest,
                     "--out", tmp_path / "seg", "--json")
     assert segmented.code == 0, segmented.err
@@ -213,6 +213,15 @@ def test_finetune_then_segment_and_fewshot_use_the_adapted_detector(cli, tmp_pat
     config = (Path(summary["out"]) / "config.yaml").read_text()
     assert f"weights: {latest}" in config and summary["boxes"] > 0
     assert summary["detector_weights"] == str(latest)  # the summary says which detector labelled the shape
+    assert "warning" not in segmented.err  # same render size, same parts as the adaptation
+
+    # other renders and other parts than the adaptation's still run, with one warning line each
+    other = cli("segment", chair, "--parts", "seat,leg", "--preset", "tiny-random", "--set", "sam.enabled=false",
+                "--set", "render.image_size=48", "--detector", latest, "--out", tmp_path / "seg", "--json")
+    assert other.code == 0, other.err
+    warnings = [line for line in other.err.splitlines() if line.startswith("pc3d: warning:")]
+    assert len(warnings) == 2 and "64-px renders" in warnings[0] and "render.image_size=64" in warnings[0]
+    assert "arm, back, leg, seat, wheel (Chair)" in warnings[1] and "asks for seat, leg" in warnings[1]
 
     fewshot = cli("finetune", "partstad-fewshot", "--preset", "tiny-random", "--set", "sam.enabled=false",
                   "--set", f"detector.weights={run}", "--set", "train.epochs=1", "--set", "data.max_test=1",

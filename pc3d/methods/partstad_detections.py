@@ -62,6 +62,22 @@ def detector_spec(cfg: DetectorConfig) -> str:
     return cfg.model
 
 
+def adapted_detector_info(spec: str) -> dict[str, Any]:
+    """What `pc3d finetune partstad-detector` recorded beside an adapted detector (render size, category,
+    parts); {} for any other detector."""
+    import json
+    from pathlib import Path
+
+    from pc3d.foundation.detector import ADAPTED_SIDECAR
+
+    sidecar = Path(spec) / ADAPTED_SIDECAR
+    try:
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 class TwoDModels:
     """The detector and SAM of a preset, built once (weights through pc3d.foundation.hub)."""
 
@@ -69,10 +85,18 @@ class TwoDModels:
         self.cfg = cfg
         self.detector = None
         self.sam = None
+        self.adapted: dict[str, Any] = {}
+        self._warned_parts = False
         if cfg.detector.kind != "oracle":
             from pc3d.foundation.detector import build_detector
 
             spec = detector_spec(cfg.detector)
+            self.adapted = adapted_detector_info(spec) if cfg.detector.weights else {}
+            size = self.adapted.get("render_size")
+            if size is not None and size != cfg.render.image_size:
+                # boxes were learnt on views of that size: parts appear at another scale in other renders
+                con.warn(f"the adapted detector was trained on {size}-px renders; this run renders "
+                         f"{cfg.render.image_size} px (--set render.image_size={size} matches it)")
             self.detector = build_detector(cfg.detector.kind, spec, device, cfg.detector.batch_views,
                                            cfg.detector.nms_iou, cfg.detector.max_boxes)
         if cfg.sam.enabled:
@@ -80,6 +104,16 @@ class TwoDModels:
 
             spec = write_tiny_random_sam() if cfg.sam.tiny_random else cfg.sam.model
             self.sam = SamBoxSegmenter(spec, device, cfg.sam.batch_views)
+
+    def _check_adapted_parts(self, parts: Sequence[str]) -> None:
+        """Warn once when the parts asked for are not the ones the detector was adapted on: the adapted prompt
+        and heads learnt those phrases in that order, other phrases get its zero-shot behaviour."""
+        adapted = self.adapted.get("parts")
+        if self._warned_parts or not adapted or list(adapted) == list(parts):
+            return
+        self._warned_parts = True
+        con.warn(f"the adapted detector was trained on the parts {', '.join(adapted)} "
+                 f"({self.adapted.get('category', '?')}); this run asks for {', '.join(parts)}")
 
     def feature_dim(self, num_parts: int) -> int:
         return self.detector.feature_dim if self.detector is not None else oracle_feature_dim(num_parts)
@@ -92,6 +126,7 @@ class TwoDModels:
                                  "with a 'part' field, or a PartNetE pc.ply with its label.npy)")
             per_view = oracle_detections(views, truth[0], truth[1], len(parts), self.cfg.detector, seed)
         else:
+            self._check_adapted_parts(parts)
             per_view = self.detector.detect(views.images, parts, self.cfg.detector.threshold)
         masks = None
         if self.sam is not None:
