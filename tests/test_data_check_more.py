@@ -261,3 +261,25 @@ def test_presets_reading_them_are_checked_at_start_up(tmp_path, partnete, nuscen
     (tmp_path / "sn/shapenet_pc/02691156-model0.npy").unlink()
     with pytest.raises(InputError, match="missing file .*02691156-model0.npy"):
         startup_check(config)
+
+
+def test_fewshot_start_up_check_reads_its_own_category(partnete):
+    from pc3d.cli.common import resolve_config
+    from pc3d.data.prepare.check import check_dataset
+    from pc3d.data.prepare.preflight import startup_check
+
+    bottle = sorted((partnete / "data" / "test" / "Bottle").glob("*/pc.ply"))[0]
+    bottle.write_bytes(bottle.read_bytes()[:-500])  # a damaged shape of another category
+    with pytest.raises(InputError, match="truncated PLY"):
+        check_dataset("partnete", partnete)  # `pc3d data check` reads every category
+    chair = resolve_config("finetune", "partstad-fewshot", None,
+                           [f"data.root={partnete}", "data.category=Chair"], {})
+    report = startup_check(chair)
+    chairs = len(list((partnete / "data" / "test" / "Chair").glob("*/pc.ply")))
+    assert report["read_categories"] == ["Chair"] and report["categories"]["Chair"]["test"] == chairs
+    assert report["splits"]["test"]["items"] == min(chairs, 3)  # sampled among the chairs only
+    for category, message in (("Lamp", "no Lamp shapes in split 'test'"), ("Nope", "'Nope' is not in")):
+        config = resolve_config("finetune", "partstad-fewshot", None,
+                                [f"data.root={partnete}", f"data.category={category}"], {})
+        with pytest.raises(InputError, match=message):
+            startup_check(config)

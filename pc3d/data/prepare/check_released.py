@@ -111,7 +111,10 @@ def read_partnete_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise _fail(f"{path}: labels are not integer arrays ({exc})") from None
 
 
-def check_partnete(root: Path, sample: int | None = None) -> dict[str, Any]:
+def check_partnete(root: Path, sample: int | None = None, categories: tuple[str, ...] | None = None
+                   ) -> dict[str, Any]:
+    """All categories are listed and counted; `categories` (what a few-shot preset reads) narrows the shapes
+    that are read, and each of them must have shapes in every split."""
     from pc3d.io.pointcloud import read_point_cloud
 
     base = partnete_base(root)
@@ -137,6 +140,15 @@ def check_partnete(root: Path, sample: int | None = None) -> dict[str, Any]:
             shapes[split] += [(category_dir.name, p) for p in found]
         if not shapes[split]:
             raise _fail(f"PartNet-E: split '{split}' is empty: no <category>/<shape>/ folders in {folder}")
+    for category in categories or ():
+        if category not in meta:
+            raise _fail(f"PartNet-E: category '{category}' is not in {meta_path.name} "
+                        f"(it has {', '.join(sorted(meta))})")
+        for split in PARTNETE_SPLITS:
+            if not counts[category][split]:
+                raise _fail(f"PartNet-E: no {category} shapes in split '{split}' ({base / 'data' / split / category})")
+    if categories:
+        shapes = {split: [s for s in found if s[0] in categories] for split, found in shapes.items()}
     val_path = base / "val_list.json"
     if val_path.is_file():
         val = json.loads(val_path.read_text())
@@ -169,7 +181,8 @@ def check_partnete(root: Path, sample: int | None = None) -> dict[str, Any]:
             stats[split].label(semantic, ignore=-1)
             stats[split].instances += int(len(np.unique(instance[instance >= 0])))
     return {"dataset": "partnete", "root": str(base), "classes": sum(len(p) for p in meta.values()),
-            "categories": counts, "splits": _splits_report(stats)}
+            "categories": counts, "splits": _splits_report(stats),
+            **({"read_categories": list(categories)} if categories else {})}
 
 
 # --------------------------------------------------------------------------- nuScenes-lidarseg

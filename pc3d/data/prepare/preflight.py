@@ -5,8 +5,9 @@ rather than in epoch 3.
 `startup_check` is called once, where every preset is dispatched to its method (pc3d/cli/common.py
 `dispatch`). It reads `SAMPLE` items per split (first, last, between; one room per S3DIS area), which
 costs about a second; SemanticKITTI presets are checked on the sequences they read, nuScenes on the version
-and splits they read. The folders of `data.also` (outdoor pretraining: SemanticKITTI + nuScenes) are checked
-too. Synthetic data, inference on given inputs, and datasets without a check (SUN RGB-D) are not checked here.
+and splits they read, PartNet-E on the category a few-shot run reads. The folders of `data.also` (outdoor
+pretraining: SemanticKITTI + nuScenes) are checked too. Synthetic data, inference on given inputs, and datasets
+without a check (SUN RGB-D) are not checked here.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def check_options(config: Any, name: str, also: bool = False) -> dict[str, Any]:
     """SemanticKITTI presets read chosen sequences: check those, not the whole official split. nuScenes
     presets read one tables version; a `data.also` dataset is read for its training split only."""
     data = config.data
+    if name == "partnete" and getattr(data, "category", None):  # a few-shot run reads one category
+        return {"categories": (data.category,)}
     if name == "nuscenes":
         version = getattr(data, "nuscenes_version", None) or "v1.0-trainval"
         prefix = "mini_" if version.endswith("mini") else ""
