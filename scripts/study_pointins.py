@@ -20,6 +20,10 @@ per pretraining, as the load varied): test AP 0.043 +- 0.016 (PointINS) vs 0.039
 +0.005 +- 0.014 (+0.011 +0.021 -0.001 -0.011); AP50 0.096 vs 0.074; AP25 0.128 vs 0.142; mIoU 0.198 vs 0.194 --
 no measurable difference at this scale. The session-2 numbers (AP 0.074 vs 0.060) warm-started PointINS's own
 pretrained offset head against a random one for Sonata and are superseded.
+
+Decoder probe of the same encoders (session 5, `--mode decoder --reuse runs/study-pointins-v3-sS/study.json --seeds
+S`, 30-55 s per probe): test AP 0.038 +- 0.030 (PointINS) vs 0.038 +- 0.021 (Sonata), paired -0.000 +- 0.020
+(-0.012 -0.022 +0.009 +0.023); AP50 0.081 vs 0.113; mIoU 0.225 vs 0.231 -- no measurable difference either.
 """
 
 from __future__ import annotations
@@ -149,6 +153,9 @@ def main() -> None:
                              "offset.radius=0.3")
     parser.add_argument("--no-base", action="store_true",
                         help="skip the Sonata base run (same seeds and settings reproduce it exactly on CPU)")
+    parser.add_argument("--reuse", metavar="STUDY_JSON",
+                        help="probe the pretraining checkpoints of an earlier study (its study.json) instead of "
+                             "pretraining again, e.g. a --mode decoder study of the linear study's encoders")
     parser.add_argument("--out", default="runs/study-pointins")
     args = parser.parse_args()
     # import every module the study runs now, so that edits to the checkout during a long study do not change it
@@ -160,6 +167,15 @@ def main() -> None:
     set_verbosity(quiet=True, verbose=False)
     report: dict[str, Any] = {"settings": vars(args), "pretraining": {}, "probes": {}, "unsupervised": {},
                               "drift": {}}
+    reused = json.loads(open(args.reuse).read())["pretraining"] if args.reuse else None
+
+    def pretrained(name: str, seed: int, method: str, sets: list[str]) -> tuple[str, dict[str, Any]]:
+        if reused is None:
+            return pretrain(method, sets, args.out, args.variant)
+        key = f"{name}, seed {seed}"
+        if key not in reused:
+            raise SystemExit(f"study_pointins: error: {args.reuse} has no pretraining '{key}'")
+        return reused[key]["checkpoint"], {**reused[key], "reused_from": args.reuse}
     for seed in args.seeds:
         data = [f"data.synthetic_count={args.scenes}", f"data.synthetic_val_count={args.val_scenes}",
                 f"data.num_points={args.num_points}", f"run.seed={seed}"]
@@ -168,7 +184,7 @@ def main() -> None:
                       f"train.save_every={args.probe_epochs}", "train.best_metric=ap", *data]
         checkpoints: dict[str, str] = {}
         if not args.no_base:
-            checkpoint, info = pretrain("sonata", pretrain_sets, args.out, args.variant)
+            checkpoint, info = pretrained("sonata", seed, "sonata", pretrain_sets)
             checkpoints["sonata"] = checkpoint
             report["pretraining"][f"sonata, seed {seed}"] = {"checkpoint": checkpoint, **info}
             report["probes"][f"sonata, seed {seed}"] = {
@@ -181,10 +197,10 @@ def main() -> None:
                 save(report, args.out)
         for prior in args.priors:
             name = f"pointins ({prior} prior)"
-            checkpoint, info = pretrain("pointins", [*pretrain_sets, f"offset.prior={prior}", *args.pointins_set],
-                                        args.out, args.variant)
+            checkpoint, info = pretrained(name, seed, "pointins",
+                                          [*pretrain_sets, f"offset.prior={prior}", *args.pointins_set])
             checkpoints[name] = checkpoint
-            report["pretraining"][f"{name}, seed {seed}"] = {"checkpoint": checkpoint, **info}
+            report["pretraining"][f"{name}, seed {seed}"] = {**info, "checkpoint": checkpoint}
             report["probes"][f"{name}, seed {seed}"] = {
                 "encoder": name, "seed": seed, **probe(checkpoint, probe_sets, args.out, "probe", args.mode)}
             save(report, args.out)
@@ -192,6 +208,8 @@ def main() -> None:
                 report["probes"][f"{name}, pretrained-head control, seed {seed}"] = {
                     "encoder": name, "seed": seed, **probe(checkpoint, probe_sets, args.out, "pretrained", args.mode)}
                 save(report, args.out)
+            if reused is not None:  # the unsupervised segmentation depends on the pretraining only: reported there
+                continue
             unsup = train("finetune", "probe-unsup-scannet", "quickstart", data, args.out, init_from=checkpoint)
             report["unsupervised"][f"{name}, seed {seed}"] = {k: v for k, v in unsup.items()
                                                               if k.startswith("unsup_")}
