@@ -389,3 +389,37 @@ def test_predict_sends_a_partstad_weight_network_to_segment(cli, tmp_path):
     assert result.code == 2 and result.err.count("\n") == 1 and result.out == ""
     assert "pc3d segment INPUT --parts" in result.err and "--weights" in result.err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("env", [{"RANK": "1", "WORLD_SIZE": "2"},
+                                 {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "MASTER_ADDR": "node0"}])
+def test_only_rank_zero_of_a_launched_job_writes_and_prints_the_result(tmp_path, monkeypatch, capsys, env):
+    """torchrun / SLURM run the whole command on every rank: one summary.json and one JSON object per job."""
+    from pc3d.cli.common import finish_run
+    from pc3d.engine.distributed import outside_rank
+
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert outside_rank() == int(env.get("RANK", env.get("SLURM_PROCID")))
+    finish_run({"run_dir": str(run), "metric": 1.0}, json_out=True)
+    assert capsys.readouterr().out == "" and not list(run.iterdir())
+    monkeypatch.setenv("RANK" if "RANK" in env else "SLURM_PROCID", "0")
+    finish_run({"run_dir": str(run), "metric": 1.0}, json_out=True)
+    assert json.loads(capsys.readouterr().out)["metric"] == 1.0
+    assert json.loads((run / "summary.json").read_text())["metric"] == 1.0
+
+
+def test_only_rank_zero_scores_the_selected_checkpoint(monkeypatch):
+    import pc3d.engine.selection as selection
+    import pc3d.engine.trainer as trainer
+
+    built = []
+    monkeypatch.setattr(trainer, "fit", lambda request, build: {"checkpoints": {"last": "x"}})
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = selection.fit_and_score(object(), lambda config, rank: built.append(rank), lambda config: None)
+    assert result == {"checkpoints": {"last": "x"}} and built == []  # nothing rebuilt or scored on rank 1

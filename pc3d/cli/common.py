@@ -63,9 +63,13 @@ def setup_output(json_out: bool, quiet: bool, verbose: bool) -> None:
 def finish_run(result: dict[str, Any], json_out: bool, title: str = "", config: Any = None) -> None:
     """The end of every command that writes a run folder (`result["run_dir"]`): the folder gets its
     summary.json (the very object `--json` prints), and config.yaml / versions.json where the method wrote
-    none; then the result is shown."""
+    none; then the result is shown. Under torchrun / SLURM only rank 0 does this (one summary, one JSON object
+    on the job's stdout)."""
+    from pc3d.engine.distributed import outside_rank
     from pc3d.runs import RunDir
 
+    if outside_rank() != 0:
+        return
     run_dir = result.get("run_dir")
     if run_dir and Path(run_dir).is_dir():
         run = RunDir(Path(run_dir))

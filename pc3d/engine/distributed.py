@@ -45,6 +45,13 @@ def _env_world(env: Mapping[str, str]) -> dict[str, str] | None:
     return None
 
 
+def outside_rank(env: Mapping[str, str] | None = None) -> int:
+    """This process's rank when torchrun / SLURM started several (0 otherwise): every rank runs the whole
+    command, and only rank 0 may write the run's summary, print its result or score it after training."""
+    outside = _env_world(os.environ if env is None else env)
+    return int(outside["RANK"]) if outside is not None else 0
+
+
 def plan_topology(run: Any, env: Mapping[str, str] | None = None) -> Topology:
     """Decide how many processes on which device from `run.device/gpus/nproc` and the environment.
 

@@ -80,10 +80,14 @@ def score_selected(config: Any, result: dict[str, Any], method: Method, val: Dat
 def fit_and_score(request: Any, build: Any, test_split: Any) -> dict[str, Any]:
     """Train with `build`, then score the selected checkpoint once on val and once on `test_split(config)`
     (None: no test split, val is the reported split). The method and val set are rebuilt after training
-    because the trainer may have run in worker processes and keeps neither."""
+    because the trainer may have run in worker processes and keeps neither. Under torchrun / SLURM every rank
+    trains; only rank 0 scores (the others' results are not shown)."""
+    from pc3d.engine.distributed import outside_rank
     from pc3d.engine.trainer import fit
 
     result = fit(request, build)
+    if outside_rank() != 0:
+        return result
     config = request.config
     setup = build(config, 0)
     test = test_split(config)
