@@ -83,7 +83,7 @@ def study_seed(preset: str, sets: list[str], seed: int, frames: int, scales: lis
         grid.append({"scale": scale, "accuracy": summary.get("accuracy", 0.0),
                      "instance_accuracy": summary.get("instance_accuracy", 0.0)})
     off = _score(_config(preset, base + ["visibility.enabled=true", "affinity.enabled=false"]), val_pending)
-    if not off.get("pseudo_points"):  # e.g. GZS on sparse synthetic scans: DBSCAN finds no unseen-class clusters
+    if not off.get("pseudo_points"):  # e.g. GZS on streets without unseen-class objects: nothing to label
         raise SystemExit(f"seed {seed}: no pseudo-labelled point on the validation sequence; nothing to compare")
     chosen = max(grid, key=lambda row: row["accuracy"])["scale"]
     queue_grid = []  # information only: validation accuracy of other queue sizes (s_a is chosen for the preset's)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pc3d.data.labels import SEMANTIC_KITTI_THINGS
 from pc3d.data.synthetic.lidar import CLASS_COLORS, generate_lidar_sequence, lidar_rng
 from pc3d.data.synthetic.objects import CATEGORIES, build_object_mesh, generate_object, object_rng
 from pc3d.data.synthetic.scenes import generate_scene, scene_rng
@@ -102,11 +103,21 @@ def lidar_frames():
     return generate_lidar_sequence(lidar_rng(0, 0), 2, rays_per_frame=64 * 600)
 
 
+def test_lidar_streets_hold_the_unseen_classes_of_the_gzs_split():
+    """Affinity3D's GZS setting labels motorcycle, truck, bicyclist and traffic-sign: the streets must show them
+    to the scanner (signs at KITTI heights, within the 64 beams' field of view)."""
+    frames = generate_lidar_sequence(lidar_rng(0, 0), 10, rays_per_frame=64 * 1800)
+    seen = {int(c): int(sum((f.semantic == c).sum() for f in frames)) for c in (15, 18, 31, 81)}
+    assert seen[18] > 1000 and seen[81] > 50 and seen[15] > 50, seen  # truck, traffic-sign, motorcycle
+    sequences = [generate_lidar_sequence(lidar_rng(seed, 0), 1, rays_per_frame=64 * 600) for seed in range(1, 5)]
+    assert sum(int((s[0].semantic == 31).sum()) for s in sequences) > 0  # bicyclists: oncoming, in some streets
+
+
 def test_lidar_scan_labels_and_intensity(lidar_frames):
     frame = lidar_frames[0]
     assert frame.points.shape[0] > 0.8 * 64 * 600
     assert {40, 48, 50, 10}.issubset(set(np.unique(frame.semantic).tolist()))
-    things = np.isin(frame.semantic, [10, 11, 30, 31])
+    things = np.isin(frame.semantic, sorted(SEMANTIC_KITTI_THINGS))  # car, bicycle, motorcycle, truck, people
     assert (frame.instance[things] > 0).all() and (frame.instance[~things] == 0).all()
     assert frame.intensity.min() >= 0 and frame.intensity.max() < 1
     # 64 beams: the elevation angles of the returns fall into 64 clusters within +2 .. -24.9 degrees

@@ -36,12 +36,12 @@ SCANNET_DET_NYU40_IDS: tuple[int, ...] = SCANNET20_NYU40_IDS[2:]
 
 # SemanticKITTI raw label ids (lower 16 bits of a .label entry)
 SEMANTIC_KITTI_IDS: dict[str, int] = {
-    "unlabeled": 0, "car": 10, "bicycle": 11, "person": 30, "bicyclist": 31, "road": 40,
-    "sidewalk": 48, "building": 50, "vegetation": 70, "trunk": 71, "terrain": 72, "pole": 80,
+    "unlabeled": 0, "car": 10, "bicycle": 11, "motorcycle": 15, "truck": 18, "person": 30, "bicyclist": 31,
+    "road": 40, "sidewalk": 48, "building": 50, "vegetation": 70, "trunk": 71, "terrain": 72, "pole": 80,
     "traffic-sign": 81,
 }
 # Classes whose points carry an instance id (SemanticKITTI's "things")
-SEMANTIC_KITTI_THINGS: frozenset[int] = frozenset({10, 11, 30, 31})
+SEMANTIC_KITTI_THINGS: frozenset[int] = frozenset({10, 11, 15, 18, 30, 31})
 
 # PartNet-Ensembled (PartNetE_meta.json): category -> ordered part names; `semantic_seg` indexes this list
 PARTNETE_PARTS: dict[str, tuple[str, ...]] = {

@@ -1,13 +1,16 @@
 """Procedural street scenes scanned by a simulated 64-beam spinning LiDAR and seen by a pinhole camera.
 
-The street (road, sidewalks, terrain, buildings, parked and oncoming cars, poles with traffic
-signs, trees, pedestrians, bicycles and bicyclists) is one labelled mesh in the velodyne frame of
+The street (road, sidewalks, terrain, buildings, parked and oncoming cars and trucks, poles with traffic
+signs, trees, pedestrians, parked bicycles and motorcycles, bicyclists) is one labelled mesh in the velodyne frame of
 the sequence's first scan (x forward, y left, z up, sensor 1.73 m above the road). Each frame
 moves the ego vehicle forward and casts rays (with open3d's RaycastingScene, or without open3d with
 pc3d.data.synthetic.raycast, which agrees with it to float32 rounding): 64 beams over the
 HDL-64E's vertical field of view for the scan, one ray per pixel for the camera image, the
 camera being exactly the one the KITTI calibration (P2 @ Tr) describes. Labels are SemanticKITTI
-ids; things (cars, people, bicycles, bicyclists) carry instance ids unique within the sequence.
+ids; things (cars, trucks, people, bicycles, motorcycles, bicyclists) carry instance ids unique within the
+sequence. Every class of the generalised zero-shot split's unseen four (motorcycle, truck, bicyclist,
+traffic-sign) occurs, at the heights and sizes a 64-beam scan hits (signs 2-3.5 m above the walk, as on
+KITTI's streets), so Affinity3D's GZS setting has unseen objects to label.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ CLASS_COLORS: dict[int, tuple[int, int, int]] = {
     KITTI["building"]: (190, 120, 90), KITTI["car"]: (40, 80, 200), KITTI["pole"]: (200, 200, 60),
     KITTI["traffic-sign"]: (230, 40, 40), KITTI["vegetation"]: (40, 150, 40), KITTI["trunk"]: (120, 80, 40),
     KITTI["person"]: (230, 60, 200), KITTI["bicycle"]: (60, 220, 220), KITTI["bicyclist"]: (250, 150, 30),
+    KITTI["truck"]: (235, 235, 225), KITTI["motorcycle"]: (30, 30, 30),
 }
 REFLECTIVITY: dict[int, float] = {
     KITTI["road"]: 0.22, KITTI["sidewalk"]: 0.3, KITTI["terrain"]: 0.35, KITTI["building"]: 0.4,
     KITTI["car"]: 0.45, KITTI["pole"]: 0.5, KITTI["traffic-sign"]: 0.95, KITTI["vegetation"]: 0.35,
     KITTI["trunk"]: 0.3, KITTI["person"]: 0.3, KITTI["bicycle"]: 0.45, KITTI["bicyclist"]: 0.35,
+    KITTI["truck"]: 0.5, KITTI["motorcycle"]: 0.4,
 }
 SKY_TOP, SKY_HORIZON = np.array([110.0, 160.0, 225.0]), np.array([200.0, 220.0, 240.0])
 SUN = np.array([0.3, -0.4, 0.85]) / np.linalg.norm([0.3, -0.4, 0.85])
@@ -116,6 +121,27 @@ def _bicycle(x: float, y: float, ground: float, label: int, inst: int) -> Labele
     return concat(wheels + frame).relabeled(label, inst)
 
 
+def _motorcycle(x: float, y: float, ground: float, inst: int) -> LabeledMesh:
+    r = 0.3
+    wheels = [torus((x + dx, y, ground + r), (0, 1, 0), r, 0.07, 0, 0, radial=16, tubular=6) for dx in (-0.7, 0.7)]
+    body = box((x, y, ground + 0.7), (1.1, 0.35, 0.45), 0, 0)
+    seat = box((x - 0.3, y, ground + 0.95), (0.6, 0.3, 0.1), 0, 0)
+    bars = cylinder((x + 0.6, y - 0.35, ground + 1.05), (x + 0.6, y + 0.35, ground + 1.05), 0.025, 0, 0,
+                    resolution=6)
+    return concat([*wheels, body, seat, bars]).relabeled(KITTI["motorcycle"], inst)
+
+
+def _truck(rng: np.random.Generator, inst: int) -> LabeledMesh:
+    """A box truck facing +x with its rear at x = 0, centred on y = 0, wheels on z = 0."""
+    cab_len, cargo_len, width = rng.uniform(1.8, 2.3), rng.uniform(4.5, 7.0), rng.uniform(2.3, 2.5)
+    cargo_h, r = rng.uniform(2.8, 3.5), 0.5
+    cargo = box((cargo_len / 2, 0, 0.9 + cargo_h / 2), (cargo_len, width, cargo_h), 0, 0)
+    cab = box((cargo_len + 0.2 + cab_len / 2, 0, 0.6 + 1.3), (cab_len, width * 0.95, 2.6), 0, 0)
+    wheels = [cylinder((wx, -width / 2 - 0.02, r), (wx, width / 2 + 0.02, r), r, 0, 0, resolution=12)
+              for wx in (0.9, cargo_len - 0.6, cargo_len + 0.2 + cab_len * 0.6)]
+    return concat([cargo, cab, *wheels]).relabeled(KITTI["truck"], inst)
+
+
 def build_street(rng: np.random.Generator, length: float) -> tuple[LabeledMesh, float]:
     """The sequence's street mesh from x = -70 to `length` + 70 (face labels: SemanticKITTI ids) and
     the road's width (the road spans |y| < width / 2)."""
@@ -153,14 +179,15 @@ def build_street(rng: np.random.Generator, length: float) -> tuple[LabeledMesh, 
         x = x0 + rng.uniform(0, 8)
         while x < x1 - 6:
             if rng.random() < 0.35:
-                car = build_object_mesh("car", rng)
+                truck = rng.random() < 0.125
+                car = _truck(rng, 0) if truck else build_object_mesh("car", rng)
                 if rng.random() < 0.5:  # parked facing either way
                     car = car.transformed(np.diag([-1.0, -1.0, 1.0]))
                 low, high = car.bounds
-                center_y = side * (half - 1.1) - (low[1] + high[1]) / 2
+                center_y = side * (half - (1.3 if truck else 1.1)) - (low[1] + high[1]) / 2
                 car = car.transformed(translation=(x - low[0], center_y, g))
                 slots[f"parked{side}"].take(x, x + high[0] - low[0])
-                parts.append(car.relabeled(KITTI["car"], new_instance()))
+                parts.append(car.relabeled(KITTI["truck" if truck else "car"], new_instance()))
                 x += high[0] - low[0]
             x += rng.uniform(1.0, 6.0)
         # poles (some carrying a sign) and trees on the curb line, people and bicycles on the walk
@@ -170,13 +197,15 @@ def build_street(rng: np.random.Generator, length: float) -> tuple[LabeledMesh, 
             if rng.random() < 0.5:
                 if not slots[f"curb{side}"].take(x - 0.2, x + 0.2, gap=1.0):
                     continue
-                top = g + curb + rng.uniform(4.0, 7.0)
+                if rng.random() < 0.6:  # a sign post: the sign 2-3.5 m above the walk, the post ending just above
+                    size = (0.04, rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.9))
+                    sign_z = g + curb + rng.uniform(2.0, 3.5)
+                    top = sign_z + size[2] / 2 + rng.uniform(0.0, 0.3)
+                    parts.append(box((x - 0.06, curb_y, sign_z), size, KITTI["traffic-sign"], 0))
+                else:  # a lamp post
+                    top = g + curb + rng.uniform(4.0, 7.0)
                 parts.append(cylinder((x, curb_y, g + curb), (x, curb_y, top), rng.uniform(0.07, 0.12),
                                       KITTI["pole"], 0, resolution=10))
-                if rng.random() < 0.6:
-                    sign_z = top - rng.uniform(0.4, 1.5)
-                    size = (0.04, rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.9))
-                    parts.append(box((x - 0.06, curb_y, sign_z), size, KITTI["traffic-sign"], 0))
             else:
                 if not slots[f"curb{side}"].take(x - 2.0, x + 2.0, gap=1.0):
                     continue
@@ -191,26 +220,32 @@ def build_street(rng: np.random.Generator, length: float) -> tuple[LabeledMesh, 
             x = rng.uniform(x0, x1)
             if not slots[f"walk{side}"].take(x - 0.8, x + 0.8):
                 continue
-            if rng.random() < 0.65:
+            kind = rng.random()
+            if kind < 0.55:
                 parts.append(_person(x, walk_y, g + curb, rng, KITTI["person"], new_instance()))
-            else:
+            elif kind < 0.8:
                 parts.append(_bicycle(x, walk_y, g + curb, KITTI["bicycle"], new_instance()))
+            else:
+                parts.append(_motorcycle(x, walk_y, g + curb, new_instance()))
         if verge_w > 1.0:  # hedges on the verge
             for _ in range(int((x1 - x0) / 25)):
                 x = rng.uniform(x0, x1)
                 if slots[f"verge{side}"].take(x - 2, x + 2):
                     parts.append(box((x, side * verge_mid, g + 0.5), (4.0, min(verge_w, 1.2), 0.9),
                                      KITTI["vegetation"], 0))
-    # oncoming traffic and bicyclists in the left lane (the ego drives in the right one, y = -LANE_OFFSET)
+    # oncoming traffic (cars, trucks) and bicyclists in the left lane (the ego drives in the right one,
+    # y = -LANE_OFFSET)
     lane = _Slots()
     for _ in range(int((x1 - x0) / 20)):
         x = rng.uniform(x0, x1)
-        if rng.random() < 0.75:
-            car = build_object_mesh("car", rng)
+        kind = rng.random()
+        if kind < 0.75:
+            truck = kind < 0.15
+            car = _truck(rng, 0) if truck else build_object_mesh("car", rng)
             low, high = car.bounds
             if lane.take(x, x + high[0] - low[0], gap=3.0):
                 car = car.transformed(np.diag([-1.0, -1.0, 1.0]), (x + high[0], LANE_OFFSET, g))
-                parts.append(car.relabeled(KITTI["car"], new_instance()))
+                parts.append(car.relabeled(KITTI["truck" if truck else "car"], new_instance()))
         elif lane.take(x - 0.9, x + 0.9, gap=3.0):
             inst = new_instance()
             parts.append(_bicycle(x, LANE_OFFSET, g, KITTI["bicyclist"], inst))
