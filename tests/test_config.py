@@ -55,6 +55,9 @@ def test_renamed_key_names_its_new_name():
     data = apply_overrides(load_preset("affinity3d", command="pseudolabel"), ["affinity.queue=16"])
     with pytest.raises(ConfigError, match=r"affinity\.queue: renamed to affinity\.queue_size \("):
         validate_preset(data, "old.yaml")
+    removed = apply_overrides(load_preset("affinity3d", command="pseudolabel"), ["features.oracle_text_weight=0.5"])
+    with pytest.raises(ConfigError, match=r"features\.oracle_text_weight: removed \(.*\); delete the line"):
+        validate_preset(removed, "old.yaml")
     # every new name is a key the schema accepts, so the hint cannot point at a key that no longer exists
     schema = schema_for("affinity3d")
     for new in RENAMED_KEYS.values():

@@ -247,6 +247,13 @@ RENAMED_KEYS = {
                       "0 = each frame alone)",
 }
 
+# Keys a released pc3d accepted and a later one dropped, with the reason.
+REMOVED_KEYS = {
+    "features.oracle_text_weight": "the oracle's crop features no longer mix in the crop's label histogram, so the "
+                                   "affinity walk cannot recover the truth by construction; see "
+                                   "pc3d/methods/affinity3d_oracle.py",
+}
+
 
 def _format_error(source: str, schema: type, exc: ValidationError) -> str:
     parts = []
@@ -255,6 +262,8 @@ def _format_error(source: str, schema: type, exc: ValidationError) -> str:
         key = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden" and key in RENAMED_KEYS:
             parts.append(f"{key}: renamed to {RENAMED_KEYS[key]}")
+        elif err["type"] == "extra_forbidden" and key in REMOVED_KEYS:
+            parts.append(f"{key}: removed ({REMOVED_KEYS[key]}); delete the line")
         elif err["type"] == "extra_forbidden":
             allowed = _allowed_keys(schema, loc[:-1])
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
