@@ -101,13 +101,18 @@ def study_seed(preset: str, sets: list[str], seed: int, frames: int, scales: lis
         switches = [f"visibility.enabled={str(vis).lower()}", f"affinity.enabled={str(aff).lower()}",
                     f"affinity.scale={chosen}"] + ([f"affinity.queue_size={queue}"] if queue is not None else [])
         summary = _score(_config(preset, base + switches), pending[vis])
-        rows.append({"row": name, "accuracy": summary.get("accuracy", 0.0), "miou": summary.get("miou", 0.0),
-                     "instance_accuracy": summary.get("instance_accuracy", 0.0),
+        # None where no pseudo-labelled point (instance) could be scored: "n/a", left out of the means
+        rows.append({"row": name, "accuracy": summary.get("accuracy"), "miou": summary.get("miou"),
+                     "instance_accuracy": summary.get("instance_accuracy"),
                      "instances": summary.get("instances", 0), "coverage": summary["coverage"],
                      "pseudo_points": summary.get("pseudo_points", 0)})
     return {"seed": seed, "validation_frames": len(validation), "held_out_frames": len(held_out),
             "validation_grid": grid, "validation_without_affinity": off.get("accuracy", 0.0),
             "chosen_scale": chosen, "queue_grid": queue_grid, "rows": rows, "seconds": time.perf_counter() - tic}
+
+
+def _cell(value: float | None) -> str:
+    return "   n/a" if value is None else f"{value:.4f}"
 
 
 def main() -> None:
@@ -136,17 +141,17 @@ def main() -> None:
                                   if g["queue_size"] == size)
                 print(f"  validation, queue {size:5d}: s_a -> accuracy  {cells}", flush=True)
             for row in result["rows"]:
-                print(f"  {row['row']:22s} point acc {row['accuracy']:.4f}  instance acc "
-                      f"{row['instance_accuracy']:.4f} ({row['instances']})  mIoU {row['miou']:.4f}  "
+                print(f"  {row['row']:22s} point acc {_cell(row['accuracy'])}  instance acc "
+                      f"{_cell(row['instance_accuracy'])} ({row['instances']})  mIoU {_cell(row['miou'])}  "
                       f"coverage {row['coverage']:.3f}", flush=True)
-    print(f"\nheld-out frames, mean +- sd over seeds {args.seeds}:")
-    print(f"{'setting':22s} {'point acc':>16s} {'instance acc':>16s} {'mIoU':>16s}")
+    print(f"\nheld-out frames, mean +- sd (population) over seeds {args.seeds}; [n] = seeds with a scored point:")
+    print(f"{'setting':22s} {'point acc':>20s} {'instance acc':>20s} {'mIoU':>20s}")
     for k, (name, *_rest) in enumerate(ROWS):
         cells = []
         for key in ("accuracy", "instance_accuracy", "miou"):
-            values = np.array([r["rows"][k][key] for r in results])
-            cells.append(f"{values.mean():.4f} +- {values.std():.4f}")
-        print(f"{name:22s} " + " ".join(f"{c:>16s}" for c in cells))
+            values = np.array([r["rows"][k][key] for r in results if r["rows"][k][key] is not None])
+            cells.append(f"{values.mean():.4f} +- {values.std():.4f} [{len(values)}]" if len(values) else "n/a")
+        print(f"{name:22s} " + " ".join(f"{c:>20s}" for c in cells))
     if args.json:
         from pathlib import Path
 
