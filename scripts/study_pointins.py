@@ -24,6 +24,11 @@ pretrained offset head against a random one for Sonata and are superseded.
 Decoder probe of the same encoders (session 5, `--mode decoder --reuse runs/study-pointins-v3-sS/study.json --seeds
 S`, 30-55 s per probe): test AP 0.038 +- 0.030 (PointINS) vs 0.038 +- 0.021 (Sonata), paired -0.000 +- 0.020
 (-0.012 -0.022 +0.009 +0.023); AP50 0.081 vs 0.113; mIoU 0.225 vs 0.231 -- no measurable difference either.
+
+Longer pretraining (session 5, --epochs 50 / 100, seeds 0-3, linear then decoder with --reuse): at 100 epochs
+PointINS leads on every seed with both probes -- linear test AP 0.066 vs 0.051 (paired +0.015 +- 0.012), decoder
+0.048 vs 0.037 (paired +0.011 +- 0.006), mIoU 0.279 vs 0.257 / 0.270 vs 0.231; at 50 epochs no difference yet
+(linear paired -0.000 +- 0.015, decoder +0.013 +- 0.025). 5-10 min per 100-epoch pretraining, ~1 min per probe.
 """
 
 from __future__ import annotations
