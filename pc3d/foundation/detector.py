@@ -79,21 +79,28 @@ def register_detector(name: str) -> Callable[[type[BoxDetector]], type[BoxDetect
 ADAPTED_SIDECAR = "pc3d_detector.json"  # beside a detector saved by `pc3d finetune partstad-detector`
 
 
+def adapted_detector_info(folder: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar `pc3d finetune partstad-detector` saved beside a detector (kind, weights sha1, category, parts,
+    render size); {} when `folder` holds none or it cannot be read."""
+    import json
+
+    sidecar = Path(folder) / ADAPTED_SIDECAR
+    try:
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def adapted_detector_folder(path: str, kind: str) -> str:
     """The transformers folder of a detector adapted by `pc3d finetune partstad-detector`: `path` is that
     folder or the run folder holding it as detector/ (`latest` links resolve)."""
-    import json
-
     from pc3d.runs import resolve_latest
 
     root = resolve_latest(path)
     for folder in (root, root / "detector"):
-        sidecar = folder / ADAPTED_SIDECAR
-        if sidecar.is_file():
-            try:
-                saved = json.loads(sidecar.read_text()).get("kind")
-            except (OSError, ValueError, AttributeError):
-                saved = None
+        if (folder / ADAPTED_SIDECAR).is_file():
+            saved = adapted_detector_info(folder).get("kind")
             if saved != kind:
                 raise InputError(f"detector weights {path}: a '{saved}' detector, but detector.kind is '{kind}'")
             return str(folder)
@@ -104,10 +111,8 @@ def adapted_detector_folder(path: str, kind: str) -> str:
 def adapted_detector_fingerprint(path: str, kind: str) -> str:
     """What identifies an adapted detector's weights (their sha1, from its sidecar): cache keys use it, since a
     path such as runs/partstad-detector/latest names another detector after the next run."""
-    import json
-
-    sidecar = Path(adapted_detector_folder(path, kind)) / ADAPTED_SIDECAR
-    return str(json.loads(sidecar.read_text()).get("weights_sha1") or sidecar.stat().st_mtime_ns)
+    folder = adapted_detector_folder(path, kind)
+    return str(adapted_detector_info(folder).get("weights_sha1") or (Path(folder) / ADAPTED_SIDECAR).stat().st_mtime_ns)
 
 
 def build_detector(kind: str, spec: str, device: str | torch.device = "cpu", batch_size: int = 10,

@@ -62,22 +62,6 @@ def detector_spec(cfg: DetectorConfig) -> str:
     return cfg.model
 
 
-def adapted_detector_info(spec: str) -> dict[str, Any]:
-    """What `pc3d finetune partstad-detector` recorded beside an adapted detector (render size, category,
-    parts); {} for any other detector."""
-    import json
-    from pathlib import Path
-
-    from pc3d.foundation.detector import ADAPTED_SIDECAR
-
-    sidecar = Path(spec) / ADAPTED_SIDECAR
-    try:
-        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
 class TwoDModels:
     """The detector and SAM of a preset, built once (weights through pc3d.foundation.hub)."""
 
@@ -88,7 +72,7 @@ class TwoDModels:
         self.adapted: dict[str, Any] = {}
         self._warned_parts = False
         if cfg.detector.kind != "oracle":
-            from pc3d.foundation.detector import build_detector
+            from pc3d.foundation.detector import adapted_detector_info, build_detector
 
             spec = detector_spec(cfg.detector)
             self.adapted = adapted_detector_info(spec) if cfg.detector.weights else {}

@@ -30,6 +30,7 @@ from pc3d.data.prepare.check_common import (
     load,
     load_shape,
     pick,
+    split_list,
 )
 from pc3d.data.prepare.check_released import check_nuscenes, check_partnete, check_shapenet55
 from pc3d.errors import InputError
@@ -115,11 +116,7 @@ def check_scannet_detection(root: Path, sample: int | None = None) -> dict[str, 
     boxes: dict[str, int] = {}
     for split in ("train", "val"):
         listing = base / "meta_data" / f"scannetv2_{split}.txt"
-        if not listing.is_file():
-            raise _fail(f"ScanNet detection: split '{split}' missing: no {listing}")
-        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        if not names:
-            raise _fail(f"ScanNet detection: split '{split}' is empty: {listing} lists no scene")
+        names = split_list(listing, "ScanNet detection", split, "scene")
         stats[split], boxes[split] = Stats(), 0
         for name in pick(names, sample):
             vert_path = data / f"{name}_vert.npy"
@@ -183,11 +180,7 @@ def check_modelnet40(root: Path, sample: int | None = None) -> dict[str, Any]:
     stats: dict[str, Stats] = {}
     for split in ("train", "test"):
         listing = base / f"modelnet40_{split}.txt"
-        if not listing.is_file():
-            raise _fail(f"ModelNet40: split '{split}' missing: no {listing}")
-        ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        if not ids:
-            raise _fail(f"ModelNet40: split '{split}' is empty: {listing} lists no shape")
+        ids = split_list(listing, "ModelNet40", split, "shape")
         stats[split] = Stats()
         for shape_id in ids:
             cls = shape_id.rsplit("_", 1)[0]

@@ -65,6 +65,16 @@ def _fail(problem: str) -> InputError:
     return InputError(" ".join(problem.split()))
 
 
+def split_list(listing: Path, dataset: str, split: str, item: str) -> list[str]:
+    """The non-empty lines of a split's list file; one line naming the file when it is missing or empty."""
+    if not listing.is_file():
+        raise _fail(f"{dataset}: split '{split}' missing: no {listing}")
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if not names:
+        raise _fail(f"{dataset}: split '{split}' is empty: {listing} lists no {item}")
+    return names
+
+
 def load(path: Path) -> np.ndarray:
     return load_npy(path, "data check")
 

@@ -24,6 +24,7 @@ from pc3d.data.prepare.check_common import (
     load,
     load_shape,
     pick,
+    split_list,
 )
 from pc3d.errors import InputError
 
@@ -49,11 +50,7 @@ def check_shapenet55(root: Path, sample: int | None = None) -> dict[str, Any]:
     synsets: dict[str, set[str]] = {}
     for split in ("train", "test"):
         listing = base / "ShapeNet-55" / f"{split}.txt"
-        if not listing.is_file():
-            raise _fail(f"ShapeNet-55: split '{split}' missing: no {listing}")
-        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        if not names:
-            raise _fail(f"ShapeNet-55: split '{split}' is empty: {listing} lists no cloud")
+        names = split_list(listing, "ShapeNet-55", split, "cloud")
         for number, name in enumerate(names, start=1):
             if not _SHAPENET55_NAME.match(name):
                 raise _fail(f"{listing}: line {number} '{name}' is not <synset>-<model>.npy")

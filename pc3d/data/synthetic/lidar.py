@@ -131,15 +131,16 @@ def _motorcycle(x: float, y: float, ground: float, inst: int) -> LabeledMesh:
     return concat([*wheels, body, seat, bars]).relabeled(KITTI["motorcycle"], inst)
 
 
-def _truck(rng: np.random.Generator, inst: int) -> LabeledMesh:
-    """A box truck facing +x with its rear at x = 0, centred on y = 0, wheels on z = 0."""
+def _truck(rng: np.random.Generator) -> LabeledMesh:
+    """A box truck facing +x with its rear at x = 0, centred on y = 0, wheels on z = 0 (unlabelled: the caller
+    labels it with its instance id, as build_object_mesh's cars)."""
     cab_len, cargo_len, width = rng.uniform(1.8, 2.3), rng.uniform(4.5, 7.0), rng.uniform(2.3, 2.5)
     cargo_h, r = rng.uniform(2.8, 3.5), 0.5
     cargo = box((cargo_len / 2, 0, 0.9 + cargo_h / 2), (cargo_len, width, cargo_h), 0, 0)
     cab = box((cargo_len + 0.2 + cab_len / 2, 0, 0.6 + 1.3), (cab_len, width * 0.95, 2.6), 0, 0)
     wheels = [cylinder((wx, -width / 2 - 0.02, r), (wx, width / 2 + 0.02, r), r, 0, 0, resolution=12)
               for wx in (0.9, cargo_len - 0.6, cargo_len + 0.2 + cab_len * 0.6)]
-    return concat([cargo, cab, *wheels]).relabeled(KITTI["truck"], inst)
+    return concat([cargo, cab, *wheels])
 
 
 def build_street(rng: np.random.Generator, length: float) -> tuple[LabeledMesh, float]:
@@ -180,7 +181,7 @@ def build_street(rng: np.random.Generator, length: float) -> tuple[LabeledMesh, 
         while x < x1 - 6:
             if rng.random() < 0.35:
                 truck = rng.random() < 0.125
-                car = _truck(rng, 0) if truck else build_object_mesh("car", rng)
+                car = _truck(rng) if truck else build_object_mesh("car", rng)
                 if rng.random() < 0.5:  # parked facing either way
                     car = car.transformed(np.diag([-1.0, -1.0, 1.0]))
                 low, high = car.bounds
@@ -241,7 +242,7 @@ def build_street(rng: np.random.Generator, length: float) -> tuple[LabeledMesh, 
         kind = rng.random()
         if kind < 0.75:
             truck = kind < 0.15
-            car = _truck(rng, 0) if truck else build_object_mesh("car", rng)
+            car = _truck(rng) if truck else build_object_mesh("car", rng)
             low, high = car.bounds
             if lane.take(x, x + high[0] - low[0], gap=3.0):
                 car = car.transformed(np.diag([-1.0, -1.0, 1.0]), (x + high[0], LANE_OFFSET, g))
